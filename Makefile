@@ -1,0 +1,28 @@
+# The two commands of the README. Both create .venv with the pinned ranges first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf /tmp/mtl_jax_demo
+	$(PY) -m mtl_jax.main --config=configs/quickstart.py --workdir=/tmp/mtl_jax_demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/many_tasks_step_time.py
+	$(PY) benchmarks/frozen_trunk_step_time.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

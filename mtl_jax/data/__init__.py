@@ -1,0 +1,6 @@
+"""Datasets (registered by name) and the input pipeline."""
+
+from mtl_jax.data.base import DATASETS, ArrayDataset, DataSplits, build_dataset, hide_labels
+from mtl_jax.data import synthetic  # noqa: F401  (registers datasets)
+from mtl_jax.data import mnist1d_tasks  # noqa: F401
+from mtl_jax.data import tfds_source  # noqa: F401
