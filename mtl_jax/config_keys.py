@@ -1,0 +1,34 @@
+"""The top-level config keys train_and_evaluate understands, with defaults.
+
+Checked up front so that a typo (``num_train_step``) fails with the list of
+valid keys instead of being silently ignored.
+"""
+
+REQUIRED = ("data", "tasks", "model", "optimizer", "batch_size", "num_train_steps")
+
+DEFAULTS = {
+    "seed": 0,
+    "param_groups": [(".*", 1.0)],
+    "eval_batch_size": 512,
+    "log_every_steps": 100,
+    "eval_every_steps": 0,          # 0: evaluate only at the end
+    "checkpoint_every_steps": 500,  # 0: checkpoint only at the end
+    "keep_checkpoints": 3,
+    "num_devices": None,            # None: every device
+    "progress_bar": True,
+}
+
+
+def check_config_keys(config) -> None:
+  valid = set(REQUIRED) | set(DEFAULTS)
+  unknown = sorted(set(config.keys()) - valid)
+  if unknown:
+    raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(valid)}")
+  missing = [k for k in REQUIRED if k not in config]
+  if missing:
+    raise ValueError(f"config is missing required keys {missing}")
+
+
+def get(config, key):
+  """``config[key]`` or its default."""
+  return config.get(key, DEFAULTS.get(key))

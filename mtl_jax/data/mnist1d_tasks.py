@@ -1,0 +1,111 @@
+"""MNIST-1D (Greydanus & Kobak) with tasks derived from the digit.
+
+The published data is regenerated offline by ``mnist1d.data.make_dataset``
+with ``get_dataset_args()`` (4000 train / 1000 test signals of length 40);
+nothing here downloads. Derived tasks share one input, so they give a cheap,
+exactly-known multi-task problem: "digit" (10 classes), "digit_ge5" (digit
+>= 5) and "parity" (digit odd).
+"""
+
+import functools
+import random
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from mtl_jax.data.base import DATASETS, ArrayDataset, DataSplits, hide_labels
+
+TASKS = ("digit", "digit_ge5", "parity")
+
+# Seed of the one spatial permutation used by ``shuffle_spatial``: a constant,
+# so every run, seed and split sees the same shuffled positions.
+SHUFFLE_SEED = 1234
+
+# get_dataset_args() fields that make_dataset never reads.
+_UNUSED_ARGS = ("url",)
+
+
+def _default_args() -> Dict[str, Any]:
+  from mnist1d.data import get_dataset_args  # pulls in matplotlib: import lazily
+  args = get_dataset_args(as_dict=True)
+  return {k: v for k, v in args.items() if k not in _UNUSED_ARGS}
+
+
+def _freeze(v):
+  return tuple(v) if isinstance(v, list) else v
+
+
+@functools.lru_cache(maxsize=8)
+def _generate(key: Tuple[Tuple[str, Any], ...]) -> Tuple[np.ndarray, ...]:
+  """(x_train, y_train, x_test, y_test) for the frozen args ``key``.
+
+  make_dataset reseeds the global ``random`` and ``np.random`` states; they
+  are restored so building data does not change other code's randomness.
+  """
+  from mnist1d.data import make_dataset
+  from mnist1d.utils import ObjectView
+  py_state, np_state = random.getstate(), np.random.get_state()
+  try:
+    d = make_dataset(ObjectView(dict(key)))
+  finally:
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+  out = (d["x"].astype(np.float32), d["y"].astype(np.int32),
+         d["x_test"].astype(np.float32), d["y_test"].astype(np.int32))
+  for a in out:
+    a.flags.writeable = False  # shared by every caller of the cache
+  return out
+
+
+def generate(dataset_args: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, ...]:
+  """Cached (x_train, y_train, x_test, y_test); ``dataset_args`` overrides defaults."""
+  args = _default_args()
+  unknown = sorted(set(dataset_args or {}) - set(args))
+  if unknown:
+    raise ValueError(f"unknown mnist1d dataset_args {unknown}; valid: {sorted(args)}")
+  args.update(dataset_args or {})
+  return _generate(tuple(sorted((k, _freeze(v)) for k, v in args.items())))
+
+
+def _labels(digit: np.ndarray) -> Dict[str, np.ndarray]:
+  return {"digit": digit.astype(np.int32),
+          "digit_ge5": (digit >= 5).astype(np.int32),
+          "parity": (digit % 2).astype(np.int32)}
+
+
+def _split(x: np.ndarray, digit: np.ndarray, rates: Mapping[str, float],
+           rng: np.random.Generator) -> ArrayDataset:
+  labels = _labels(digit)
+  mask = {t: hide_labels(np.ones(len(x), bool), rates.get(t, 0.0), rng) for t in TASKS}
+  return ArrayDataset(np.array(x), labels, mask)
+
+
+@DATASETS.register("mnist1d")
+def mnist1d(num_validation: int = 500, seed: int = 0, hide_rate: float = 0.0,
+            hide_rates: Optional[Mapping[str, float]] = None, shuffle_spatial: bool = False,
+            dataset_args: Optional[Mapping[str, Any]] = None) -> DataSplits:
+  """Tasks "digit", "digit_ge5" and "parity" on MNIST-1D.
+
+  The last ``num_validation`` train signals become validation; the published
+  test split is ``test``. ``hide_rate`` (or per-task ``hide_rates``) hides
+  train labels only, independently per task, seeded by ``seed``: evaluation
+  always sees every label. ``shuffle_spatial`` applies one fixed permutation
+  of positions (seed SHUFFLE_SEED) to every split: the paper's shuffled
+  variant, which keeps the values but removes spatial structure.
+  """
+  x, y, x_test, y_test = generate(dataset_args)
+  if not 0 < num_validation < len(x):
+    raise ValueError(f"num_validation must be in [1, {len(x) - 1}], got {num_validation}")
+  unknown = sorted(set(hide_rates or {}) - set(TASKS))
+  if unknown:
+    raise ValueError(f"hide_rates names unknown tasks {unknown}; tasks: {list(TASKS)}")
+  if shuffle_spatial:
+    perm = np.random.default_rng(SHUFFLE_SEED).permutation(x.shape[1])
+    x, x_test = x[:, perm], x_test[:, perm]
+  rates = {t: hide_rate for t in TASKS}
+  rates.update(hide_rates or {})
+  rng = np.random.default_rng(seed)
+  n = len(x) - num_validation
+  return DataSplits(train=_split(x[:n], y[:n], rates, rng),
+                    validation=_split(x[n:], y[n:], {}, rng),
+                    test=_split(x_test, y_test, {}, rng))

@@ -1,0 +1,27 @@
+"""Model construction from ``config.model``."""
+
+from typing import Sequence
+
+import flax.linen as nn
+
+from mtl_jax.models.heads import outputs_by_task  # noqa: F401
+from mtl_jax.models.sharing import SHARING
+from mtl_jax.models.trunks import TRUNKS  # noqa: F401
+from mtl_jax.tasks import TaskGroup
+
+
+def build_model(model_config, groups: Sequence[TaskGroup]) -> nn.Module:
+  """``model_config`` = {"sharing": registry name, **scheme options}."""
+  kwargs = dict(model_config)
+  cls = SHARING.get(kwargs.pop("sharing", "hard"))
+  valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "groups")]
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise ValueError(f"sharing {model_config.get('sharing', 'hard')!r}: unknown model options "
+                     f"{unknown}; valid: {valid}")
+  for k, v in kwargs.items():  # ConfigDicts and lists -> plain hashable values for flax
+    if hasattr(v, "to_dict"):
+      kwargs[k] = v.to_dict()
+    elif isinstance(v, list):
+      kwargs[k] = tuple(v)
+  return cls(groups=tuple(groups), **kwargs)

@@ -1,0 +1,115 @@
+"""Optimizer from config: regex parameter groups, frozen groups, lr multipliers.
+
+``config.param_groups`` is an ordered list of ``(regex, lr_mult)`` rules on
+``/``-joined parameter paths (``trunk/block_0/Dense_0/kernel``). Each regex
+must match the whole path; the first matching rule wins; every parameter must
+be covered. ``lr_mult=None`` freezes the group: optax gets ``set_to_zero()``
+for it and the train step stops gradients into it, so XLA prunes its backward
+pass instead of computing gradients that are thrown away.
+"""
+
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import optax
+from flax import traverse_util
+
+FROZEN = "frozen"
+
+
+def path_str(path: Tuple[Any, ...]) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _flat(params) -> Dict[str, Any]:
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def _unflat(flat: Dict[str, Any]):
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def _group_name(mult: Optional[float]) -> str:
+  return FROZEN if mult is None else f"lr_x{mult:g}"
+
+
+def label_params(params, rules: Sequence[Tuple[str, Optional[float]]]) -> Tuple[Any, List[str]]:
+  """Maps every parameter path to its group name; returns (labels tree, log lines).
+
+  Raises ValueError for a bad multiplier or for parameters no rule covers.
+  """
+  compiled = []
+  for rule in rules:
+    if len(rule) != 2:
+      raise ValueError(f"param_groups rule {rule!r} must be (regex, lr_mult or None)")
+    pattern, mult = rule
+    if mult is not None and not mult > 0:
+      raise ValueError(f"param_groups rule {pattern!r}: lr_mult must be > 0 or None "
+                       f"(frozen), got {mult}")
+    compiled.append((re.compile(pattern), pattern, mult))
+  flat = _flat(params)
+  labels, log, uncovered = {}, [], []
+  for path in flat:
+    for regex, pattern, mult in compiled:
+      if regex.fullmatch(path):
+        labels[path] = _group_name(mult)
+        log.append(f"{path:60s} {labels[path]:10s} (rule {pattern!r})")
+        break
+    else:
+      uncovered.append(path)
+  if uncovered:
+    raise ValueError(f"param_groups cover no rule for {uncovered}; add a final ('.*', 1.0)")
+  return _unflat(labels), log
+
+
+def trainable_mask(labels) -> Any:
+  """True for parameters that are trained, False for frozen ones."""
+  return jax.tree.map(lambda l: l != FROZEN, labels)
+
+
+def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
+  lr = opt_config.learning_rate
+  name = opt_config.get("schedule", "constant")
+  warmup = int(opt_config.get("warmup_steps", 0))
+  if name == "constant":
+    main = optax.constant_schedule(lr)
+  elif name == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(num_train_steps - warmup, 1))
+  elif name == "linear":
+    main = optax.linear_schedule(lr, 0.0, max(num_train_steps - warmup, 1))
+  else:
+    raise KeyError(f"unknown schedule {name!r}; valid names: ['constant', 'cosine', 'linear']")
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return main
+
+
+def _base_optimizer(opt_config, lr) -> optax.GradientTransformation:
+  name = opt_config.get("name", "adam")
+  wd = opt_config.get("weight_decay", 0.0)
+  if name == "adam":
+    return optax.adam(lr)
+  if name == "adamw":
+    return optax.adamw(lr, weight_decay=wd)
+  if name == "sgd":
+    return optax.sgd(lr, momentum=opt_config.get("momentum", None) or None)
+  raise KeyError(f"unknown optimizer {name!r}; valid names: ['adam', 'adamw', 'sgd']")
+
+
+def make_optimizer(opt_config, rules, params, num_train_steps: int):
+  """Returns (optax transform, parameter labels tree, log lines)."""
+  labels, log = label_params(params, rules)
+  schedule = learning_rate_schedule(opt_config, num_train_steps)
+  transforms = {}
+  for group in set(jax.tree.leaves(labels)):
+    if group == FROZEN:
+      transforms[group] = optax.set_to_zero()
+    else:
+      mult = float(group[len("lr_x"):])
+      transforms[group] = _base_optimizer(opt_config, lambda step, m=mult: m * schedule(step))
+  tx = optax.multi_transform(transforms, labels)
+  clip = opt_config.get("grad_clip_norm", None)
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx, labels, log

@@ -1,0 +1,254 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``. Nothing model-specific.
+
+Init priority, in one place: a checkpoint in ``workdir`` (resume) > scratch.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Any, Dict, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mtl_jax import config_keys, losses, metric_writer, metrics, optim, parallel, tasks
+from mtl_jax.checkpoint import Checkpointer, check_workdir_config
+from mtl_jax.data import build_dataset
+from mtl_jax.data.base import ArrayDataset
+from mtl_jax.data.pipeline import TrainIterator, eval_batches
+from mtl_jax.models import build_model, outputs_by_task
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A task loss became NaN or inf; training stopped before saving it."""
+
+
+class TrainingPreempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
+                    groups: Sequence[tasks.TaskGroup], trainable):
+  """Returns the pure step ``(state, batch) -> (state, metrics)``.
+
+  Frozen leaves (``trainable`` False) pass through ``stop_gradient``: their
+  gradient is a symbolic zero, so XLA never computes their backward pass.
+  """
+  weights = jnp.asarray([s.weight for s in specs], jnp.float32)
+
+  def loss_fn(params, batch, rng):
+    params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+    outputs = model.apply({"params": params}, batch["inputs"], train=True,
+                          rngs={"dropout": rng})
+    per_task = losses.task_losses(specs, groups, outputs, batch["labels"], batch["mask"])
+    return jnp.sum(weights * per_task), per_task
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    (total, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    labelled = jnp.stack([batch["mask"][s.name].sum() for s in specs])
+    step_metrics = {"loss": total, "task_loss": per_task, "labelled": labelled,
+                    "grad_norm": optax.global_norm(grads),
+                    "param_norm": optax.global_norm(params)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+  return train_step
+
+
+def make_eval_step(model):
+  def eval_step(params, inputs):
+    return model.apply({"params": params}, inputs, train=False)
+  return eval_step
+
+
+def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: int,
+             mesh) -> Dict[str, Dict[str, float]]:
+  """Metrics per task over every labelled example of ``dataset``."""
+  chunks = []
+  for batch in eval_batches(dataset, batch_size, jax.process_index(), jax.process_count()):
+    out = eval_fn(params, parallel.shard_batch(batch["inputs"], mesh))
+    chunks.append(parallel.fetch(out))
+  n = len(dataset)
+  stacked = {k: np.concatenate([c[k] for c in chunks], axis=1)[:, :n] for k in chunks[0]}
+  per_task = outputs_by_task(groups, stacked)
+  return {s.name: metrics.task_metrics(s, per_task[s.name], dataset.labels[s.name],
+                                       dataset.mask[s.name]) for s in specs}
+
+
+def _check_finite(pending, specs, checkpointer) -> None:
+  """Raises NonFiniteLossError naming the first bad step and task(s)."""
+  if not pending:
+    return
+  values = jax.device_get([m["task_loss"] for _, m in pending])
+  for (step, _), task_loss in zip(pending, values):
+    bad = [s.name for s, v in zip(specs, task_loss) if not np.isfinite(v)]
+    if bad:
+      raise NonFiniteLossError(
+          f"non-finite loss in task(s) {bad} at step {step}; training stopped. The last "
+          f"good checkpoint (step {checkpointer.latest_step()}) in {checkpointer.directory} "
+          f"is kept. Lower the learning rate or check the data of these tasks.")
+
+
+def _summarize(pending, specs) -> Dict[str, float]:
+  values = jax.device_get([m for _, m in pending])
+  out = {"train/loss": float(np.mean([v["loss"] for v in values])),
+         "train/grad_norm": float(np.mean([v["grad_norm"] for v in values])),
+         "train/param_norm": float(values[-1]["param_norm"])}
+  task_loss = np.stack([v["task_loss"] for v in values])
+  labelled = np.stack([v["labelled"] for v in values])
+  for i, s in enumerate(specs):
+    # Average over steps that had labelled examples of this task.
+    has = labelled[:, i] > 0
+    out[f"train/{s.name}/loss"] = float(task_loss[has, i].mean()) if has.any() else float("nan")
+  return out
+
+
+def _prepare_data(config, specs):
+  data = build_dataset(config.data)
+  names = [s.name for s in specs]
+  splits = {}
+  for split in ("train", "validation", "test"):
+    ds = getattr(data, split)
+    if ds is None:
+      continue
+    tasks.validate_batch(specs, ds.labels, ds.mask)
+    splits[split] = ds.select_tasks(names)
+  return splits
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+  Returns {"validation": {task: {metric: value}}, "test": {...}} and writes it
+  to ``workdir/results.json``.
+  """
+  config_keys.check_config_keys(config)
+  cfg = lambda k: config_keys.get(config, k)  # noqa: E731
+  is_main = jax.process_index() == 0
+  specs = tasks.specs_from_config(config.tasks)
+  groups = tasks.group_tasks(specs)
+  splits = _prepare_data(config, specs)
+
+  mesh = parallel.make_mesh(cfg("num_devices"))
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
+  num_steps = int(config.num_train_steps)
+  model = build_model(config.model, groups)
+
+  rng = jax.random.PRNGKey(cfg("seed"))
+  init_rng, state_rng = jax.random.split(rng)
+  sample = splits["train"].inputs[:1]
+  params = jax.jit(lambda r: model.init(r, sample)["params"],
+                   out_shardings=parallel.replicated(mesh))(init_rng)
+  tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"), params,
+                                               num_steps)
+  logging.info("parameter groups:\n%s", "\n".join(group_log))
+  trainable = optim.trainable_mask(labels)
+  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                     opt_state=jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params),
+                     rng=state_rng)
+  state = jax.device_put(state, parallel.replicated(mesh))
+
+  check_workdir_config(workdir, config.to_json(), is_main)
+  checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
+  train_iter = TrainIterator(splits["train"], config.batch_size, cfg("seed"),
+                             jax.process_index(), jax.process_count())
+  if checkpointer.latest_step() is not None:
+    state, data_state = checkpointer.restore(state)
+    train_iter.set_state(data_state)
+    logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
+  start = int(state.step)
+
+  rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  step_fn = jax.jit(make_train_step(model=model, tx=tx, specs=specs, groups=groups,
+                                    trainable=trainable),
+                    in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
+  eval_fn = jax.jit(make_eval_step(model), in_shardings=(rep, dat), out_shardings=rep)
+  writer = metric_writer.MetricWriter(workdir, enabled=is_main)
+  bar = metric_writer.progress_bar(num_steps, start, enabled=is_main and cfg("progress_bar"))
+
+  preempted = []
+  previous_handler = None
+  try:
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  except ValueError:  # not the main thread
+    pass
+
+  def every(n, step):
+    return n and step % n == 0
+
+  pending, t0 = [], time.perf_counter()
+  try:
+    for step in range(start, num_steps):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, step_metrics = step_fn(state, batch)
+      pending.append((step, step_metrics))
+      done = step + 1
+      bar.update(1)
+      last = done == num_steps
+      if every(cfg("log_every_steps"), done) or last or preempted:
+        _check_finite(pending, specs, checkpointer)
+        summary = _summarize(pending, specs)
+        summary["train/steps_per_sec"] = len(pending) / (time.perf_counter() - t0)
+        writer.write(done, summary)
+        bar.set_postfix(loss=f"{summary['train/loss']:.4f}")
+        pending, t0 = [], time.perf_counter()
+      if every(cfg("eval_every_steps"), done) and not last:
+        res = evaluate(eval_fn, state.params, splits["validation"], specs, groups,
+                       cfg("eval_batch_size"), mesh)
+        writer.write(done, {f"validation/{t}/{m}": v for t, r in res.items() for m, v in r.items()})
+      if every(cfg("checkpoint_every_steps"), done) or last or preempted:
+        _check_finite(pending, specs, checkpointer)
+        checkpointer.save(done, state, train_iter.get_state(), force=bool(preempted))
+      if preempted:
+        checkpointer.wait()
+        raise TrainingPreempted(f"SIGTERM at step {done}: checkpoint saved in "
+                                f"{checkpointer.directory}; rerun the same command to resume")
+    checkpointer.wait()
+    results = {}
+    for split in ("validation", "test"):
+      if split in splits:
+        results[split] = evaluate(eval_fn, state.params, splits[split], specs, groups,
+                                  cfg("eval_batch_size"), mesh)
+    writer.write(num_steps, {f"{split}/{t}/{m}": v for split, r in results.items()
+                             for t, mm in r.items() for m, v in mm.items()})
+  finally:
+    bar.close()
+    writer.close()
+    checkpointer.close()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+
+  results = metric_writer.to_jsonable(results)
+  if is_main:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    print(metric_writer.results_table(results), flush=True)
+  return results
+
+
+def final_params(workdir: str):
+  """The parameters of the latest checkpoint in ``workdir`` as NumPy (for tests and tools)."""
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               item_names=("state", "data"))
+  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  mngr.close()
+  return restored["state"]["params"]
