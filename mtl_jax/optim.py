@@ -69,7 +69,7 @@ def trainable_mask(labels) -> Any:
 
 
 def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
-  lr = opt_config.learning_rate
+  lr = opt_config["learning_rate"]
   name = opt_config.get("schedule", "constant")
   warmup = int(opt_config.get("warmup_steps", 0))
   if name == "constant":

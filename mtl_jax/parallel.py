@@ -33,7 +33,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   if process_id is None and "MTL_JAX_PROCESS_ID" in os.environ:
     process_id = int(os.environ["MTL_JAX_PROCESS_ID"])
   if coordinator_address:
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    if "cpu" in (jax.config.jax_platforms or "cpu"):  # not default_backend(): it starts XLA
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif os.environ.get("MTL_JAX_DISTRIBUTED") == "auto":

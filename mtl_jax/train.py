@@ -64,8 +64,8 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
     params = optax.apply_updates(state.params, updates)
     labelled = jnp.stack([batch["mask"][s.name].sum() for s in specs])
     step_metrics = {"loss": total, "task_loss": per_task, "labelled": labelled,
-                    "grad_norm": optax.global_norm(grads),
-                    "param_norm": optax.global_norm(params)}
+                    "grad_norm": optax.tree.norm(grads),
+                    "param_norm": optax.tree.norm(params)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   return train_step

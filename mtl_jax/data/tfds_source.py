@@ -4,6 +4,12 @@ Reads through ``tfds.data_source`` (array_record random access), which needs
 no TensorFlow. The dataset must already be prepared in ``data_dir`` in the
 array_record format: nothing is downloaded here. Records are read into numpy
 arrays, so this is for datasets that fit in host memory (MNIST-sized).
+
+Without TensorFlow, reading works (PNG images decode with PIL or OpenCV) but
+*preparing* a dataset with Image features does not, since TFDS encodes them
+with TensorFlow: prepare once where TensorFlow is installed. Tests use
+``tfds.testing.mock_data`` (random records, no TensorFlow) and a tiny dataset
+of Tensor features prepared into a temporary data_dir.
 """
 
 from typing import Any, Dict, Mapping, Optional

@@ -1,0 +1,210 @@
+"""Shared helpers for the step-time benchmarks.
+
+Builds a TrainState and the library's own train step (``mtl_jax.train``) from a
+plain config dict, makes random batches in the masked multi-task format and
+times jitted steps (compile separately, warm-up, repeats, median).
+
+Benchmark scripts print exactly one JSON object on stdout; everything else
+(progress, logs) goes to stderr.
+"""
+
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mtl_jax import optim, tasks
+from mtl_jax.models import build_model
+from mtl_jax.train import TrainState, make_train_step
+
+
+def log(*args) -> None:
+  print(*args, file=sys.stderr, flush=True)
+
+
+def emit(result: Mapping[str, Any]) -> None:
+  """The one JSON object a benchmark prints on stdout."""
+  print(json.dumps(result, indent=2, sort_keys=False), flush=True)
+
+
+def environment() -> Dict[str, Any]:
+  import os
+  return {"jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()}
+
+
+# --------------------------------------------------------------------- building
+
+
+def binary_tasks(n: int, prefix: str = "t") -> List[Dict[str, Any]]:
+  return [{"name": f"{prefix}{i}", "kind": "binary"} for i in range(n)]
+
+
+def mixed_tasks(n: int) -> List[Dict[str, Any]]:
+  """``n`` tasks cycling through the four kinds (so a few stacked groups)."""
+  kinds = [("binary", 1), ("multiclass", 10), ("multilabel", 5), ("regression", 1)]
+  out = []
+  for i in range(n):
+    kind, k = kinds[i % len(kinds)]
+    out.append({"name": f"t{i}", "kind": kind, "num_outputs": k})
+  return out
+
+
+class Built:
+  """Everything a benchmark needs about one configuration."""
+
+  def __init__(self, specs, groups, model, tx, labels, trainable, state, step_fn, input_shape,
+               batch_size):
+    self.specs, self.groups, self.model, self.tx = specs, groups, model, tx
+    self.labels, self.trainable, self.state, self.step_fn = labels, trainable, state, step_fn
+    self.input_shape, self.batch_size = tuple(input_shape), batch_size
+
+  def num_params(self, trainable_only: bool = False) -> int:
+    leaves = jax.tree.leaves(self.state.params)
+    flags = jax.tree.leaves(self.trainable)
+    return int(sum(x.size for x, t in zip(leaves, flags) if t or not trainable_only))
+
+
+def build(config: Mapping[str, Any], seed: int = 0) -> Built:
+  """TrainState + pure train step from a config dict, the way train_and_evaluate does it.
+
+  ``config`` keys: ``tasks`` (list of task dicts), ``model`` (``{"sharing", "trunk",
+  ...}``), ``optimizer`` (``{"name", "learning_rate", ...}``), ``param_groups``
+  (default ``[(".*", 1.0)]``), ``batch_size``, ``input_shape`` (per example),
+  ``num_train_steps`` (for schedules; default 1000).
+  """
+  specs = tasks.specs_from_config(config["tasks"])
+  groups = tasks.group_tasks(specs)
+  model = build_model(ml_collections.ConfigDict(dict(config["model"])), groups)
+  rng = jax.random.PRNGKey(seed)
+  init_rng, state_rng = jax.random.split(rng)
+  sample = jnp.zeros((1,) + tuple(config["input_shape"]), jnp.float32)
+  params = jax.jit(lambda r: model.init(r, sample)["params"])(init_rng)
+  rules = [tuple(r) for r in config.get("param_groups", [(".*", 1.0)])]
+  tx, labels, _ = optim.make_optimizer(ml_collections.ConfigDict(dict(config["optimizer"])),
+                                       rules, params, int(config.get("num_train_steps", 1000)))
+  trainable = optim.trainable_mask(labels)
+  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                     opt_state=jax.jit(tx.init)(params), rng=state_rng)
+  step_fn = make_train_step(model=model, tx=tx, specs=specs, groups=groups, trainable=trainable)
+  return Built(specs, groups, model, tx, labels, trainable, state, step_fn,
+               config["input_shape"], int(config["batch_size"]))
+
+
+def random_batch(specs: Sequence[tasks.TaskSpec], batch_size: int, input_shape: Sequence[int],
+                 seed: int = 0, label_frac: float = 0.5) -> Dict[str, Any]:
+  """A batch ``{"inputs", "labels": {task: ...}, "mask": {task: bool}}`` as device arrays.
+
+  Roughly ``label_frac`` of the examples of each task are labelled; unlabelled
+  entries hold placeholders (-1 / NaN) as real partially-labelled data does.
+  """
+  rs = np.random.RandomState(seed)
+  inputs = rs.randn(batch_size, *input_shape).astype(np.float32)
+  labels, mask = {}, {}
+  for s in specs:
+    m = rs.rand(batch_size) < label_frac
+    shape = (batch_size,) + s.label_shape
+    if s.kind == "binary" or s.kind == "multilabel":
+      lab = rs.randint(0, 2, shape).astype(np.float32)
+      lab[~m] = -1
+    elif s.kind == "multiclass":
+      lab = rs.randint(0, s.num_outputs, shape).astype(np.int32)
+      lab[~m] = -1
+    else:
+      lab = rs.randn(*shape).astype(np.float32)
+      lab[~m] = np.nan
+    tasks.validate_labels(s, lab, m)
+    labels[s.name], mask[s.name] = lab, m
+  return jax.device_put({"inputs": inputs, "labels": labels, "mask": mask})
+
+
+# ----------------------------------------------------------------------- timing
+
+
+def block(tree) -> None:
+  jax.tree.map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
+
+
+class StepTimer:
+  """A compiled train step with its own (donated, threaded) state and a fixed batch."""
+
+  def __init__(self, built: Built, batch, donate: bool = True):
+    jitted = jax.jit(built.step_fn, donate_argnums=0 if donate else ())
+    t0 = time.perf_counter()
+    lowered = jitted.lower(built.state, batch)
+    t1 = time.perf_counter()
+    self.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    self.lower_s, self.compile_s = t1 - t0, t2 - t1
+    # Donation would invalidate built.state; keep the caller's copy intact.
+    self.state = jax.tree.map(lambda x: jnp.array(x, copy=True), built.state)
+    self.batch = batch
+
+  def run(self, n: int) -> float:
+    """Runs ``n`` steps back to back; returns seconds per step."""
+    state = self.state
+    block(state)
+    t0 = time.perf_counter()
+    for _ in range(n):
+      state, metrics = self.compiled(state, self.batch)
+    block((state, metrics))
+    dt = time.perf_counter() - t0
+    self.state = state
+    return dt / n
+
+  def cost(self) -> Dict[str, float]:
+    """XLA's cost analysis of the compiled step (flops, bytes accessed), if available."""
+    try:
+      ca = self.compiled.cost_analysis()
+      if isinstance(ca, (list, tuple)):
+        ca = ca[0]
+      return {k: float(ca[k]) for k in ("flops", "bytes accessed") if k in ca}
+    except Exception:  # noqa: BLE001 -- optional diagnostics
+      return {}
+
+
+def time_interleaved(timers: Mapping[str, StepTimer], repeats: int, steps_per_repeat: int,
+                     warmup: int = 2) -> Dict[str, Dict[str, float]]:
+  """Times several steps round-robin (so machine noise hits all alike).
+
+  Each repeat runs ``steps_per_repeat`` steps of every timer in turn (in an
+  order rotated per repeat); returns per name the median and min ms/step
+  and every sample.
+  """
+  names = list(timers)
+  for name in names:
+    timers[name].run(warmup)
+  samples: Dict[str, List[float]] = {n: [] for n in names}
+  for r in range(repeats):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      samples[name].append(timers[name].run(steps_per_repeat) * 1e3)
+  return {n: {"median_ms": statistics.median(s), "min_ms": min(s),
+              "samples_ms": [round(x, 4) for x in s]} for n, s in samples.items()}
+
+
+def steps_for(timer: StepTimer, target_s: float = 0.2, cap: int = 200) -> int:
+  """Steps per repeat so that one repeat takes about ``target_s`` seconds."""
+  per = timer.run(1)
+  return int(max(1, min(cap, round(target_s / max(per, 1e-6)))))
+
+
+def ratio(a: float, b: float) -> float:
+  return float(a / b) if b > 0 else float("inf")
+
+
+def paired_ratio(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
+  """Median of per-repeat ratios a_i / b_i (the repeats were taken side by side)."""
+  return float(statistics.median([a / b for a, b in zip(samples_a, samples_b)]))
+
+
+def timed(fn: Callable[[], Any]):
+  t0 = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - t0
