@@ -17,8 +17,13 @@ demo: $(STAMP)
 	rm -rf /tmp/mtl_jax_demo
 	$(PY) -m mtl_jax.main --config=configs/quickstart.py --workdir=/tmp/mtl_jax_demo
 
+# Compiled XLA programs are cached on disk so the many short test runs (and
+# their subprocesses) compile each program once.
+JAX_CACHE_ENV := JAX_COMPILATION_CACHE_DIR=$(HOME)/.cache/mtl_jax/xla \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(JAX_CACHE_ENV) $(PY) -m pytest -n 2 --dist loadfile -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/many_tasks_step_time.py

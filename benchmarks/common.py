@@ -71,21 +71,44 @@ class Built:
     return int(sum(x.size for x, t in zip(leaves, flags) if t or not trainable_only))
 
 
-def build(config: Mapping[str, Any], seed: int = 0) -> Built:
+def _host_init(shapes, seed: int):
+  """Parameters of the given shapes drawn on the host: LeCun-normal-like kernels
+  (fan-in = second-to-last axis), zero biases. Same shapes and scale as the model's
+  own init, without compiling it (the init's RNG program compiles slower than a
+  small train step, which matters for smoke runs only)."""
+  rs = np.random.RandomState(seed)
+
+  def one(path, leaf):
+    if str(getattr(path[-1], "key", path[-1])) == "bias" or len(leaf.shape) < 2:
+      return np.zeros(leaf.shape, leaf.dtype)
+    keys = [str(getattr(k, "key", k)) for k in path]
+    # Stacked heads are [T, D, O] (fan-in D); Dense/Conv kernels [..., in, out].
+    fan_in = leaf.shape[-2] if keys[0] == "heads" else int(np.prod(leaf.shape[:-1]))
+    return (rs.randn(*leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+  return jax.device_put(jax.tree_util.tree_map_with_path(one, shapes))
+
+
+def build(config: Mapping[str, Any], seed: int = 0, host_init: bool = False) -> Built:
   """TrainState + pure train step from a config dict, the way train_and_evaluate does it.
 
   ``config`` keys: ``tasks`` (list of task dicts), ``model`` (``{"sharing", "trunk",
   ...}``), ``optimizer`` (``{"name", "learning_rate", ...}``), ``param_groups``
   (default ``[(".*", 1.0)]``), ``batch_size``, ``input_shape`` (per example),
-  ``num_train_steps`` (for schedules; default 1000).
+  ``num_train_steps`` (for schedules; default 1000). ``host_init`` draws the
+  parameters with NumPy instead of compiling ``model.init`` (for --quick runs;
+  step times do not depend on the values).
   """
   specs = tasks.specs_from_config(config["tasks"])
   groups = tasks.group_tasks(specs)
   model = build_model(ml_collections.ConfigDict(dict(config["model"])), groups)
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
-  sample = jnp.zeros((1,) + tuple(config["input_shape"]), jnp.float32)
-  params = jax.jit(lambda r: model.init(r, sample)["params"])(init_rng)
+  sample = np.zeros((1,) + tuple(config["input_shape"]), np.float32)
+  if host_init:
+    params = _host_init(jax.eval_shape(lambda r: model.init(r, sample)["params"], init_rng), seed)
+  else:
+    params = jax.jit(lambda r: model.init(r, sample)["params"])(init_rng)
   rules = [tuple(r) for r in config.get("param_groups", [(".*", 1.0)])]
   tx, labels, _ = optim.make_optimizer(ml_collections.ConfigDict(dict(config["optimizer"])),
                                        rules, params, int(config.get("num_train_steps", 1000)))
@@ -142,8 +165,9 @@ class StepTimer:
     self.compiled = lowered.compile()
     t2 = time.perf_counter()
     self.lower_s, self.compile_s = t1 - t0, t2 - t1
-    # Donation would invalidate built.state; keep the caller's copy intact.
-    self.state = jax.tree.map(lambda x: jnp.array(x, copy=True), built.state)
+    # Donation would invalidate built.state; keep the caller's copy intact (a host
+    # round trip: no per-shape copy kernels to compile).
+    self.state = jax.device_put(jax.device_get(built.state))
     self.batch = batch
 
   def run(self, n: int) -> float:

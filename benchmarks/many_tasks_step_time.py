@@ -53,7 +53,7 @@ def main(argv=None):
         "batch_size": batch,
         "input_shape": (input_dim,),
     }
-    built = common.build(config)
+    built = common.build(config, host_init=args.quick)
     batch_arrays = common.random_batch(built.specs, batch, built.input_shape, seed=t)
     timer = common.StepTimer(built, batch_arrays)
     timers[str(t)] = timer

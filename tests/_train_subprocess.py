@@ -1,14 +1,17 @@
-"""Runs ``train_and_evaluate`` in a fresh process, for tests that need a device count.
+"""Trains in a fresh process, for tests that need a given number of CPU devices.
 
-XLA's simulated host device count is fixed when JAX initialises, so a test
-that wants 8 CPU devices must run training in a child process:
+XLA fixes the simulated host device count when JAX starts, so a test that
+wants 8 CPU devices runs training in a child process:
 
   python tests/_train_subprocess.py SPEC.json
 
-SPEC is {"num_cpu_devices": 8, "runs": [{"workdir": ..., "overrides": {...}}, ...]}.
-Each run trains configs/quickstart.py with ``overrides`` applied and writes
-``workdir/params.npz`` (the final checkpoint's parameters, flattened by path).
-Several runs share one process so the JAX import and data generation are paid once.
+SPEC is {"num_cpu_devices": 8, "runs": [{"workdir": ..., "overrides": {...},
+"expect_error": false}, ...]}. Each run trains configs/quickstart.py with
+``overrides`` applied. A run with ``expect_error`` records the exception it
+raised in ``workdir/error.json`` instead of failing. Several runs share one
+process so the JAX import and the data generation are paid once.
+
+``train_metrics`` and ``checkpoint_params`` read a run's outputs for the tests.
 """
 
 import json
@@ -18,38 +21,69 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def flat_params(tree) -> dict:
-  """{"a/b/kernel": array} so that npz can hold the nested params."""
+def quickstart_config(overrides: dict):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "quickstart", os.path.join(REPO, "configs", "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def train_metrics(workdir: str) -> list:
+  """The ``train/*`` lines of ``workdir/metrics.jsonl``, in step order, timing dropped."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if k != "train/steps_per_sec"}
+          for r in rows if "train/loss" in r]
+
+
+def checkpoint_params(workdir: str):
+  """(step, params) of the latest checkpoint in ``workdir``, as NumPy.
+
+  Unlike ``train.final_params``, this ignores the shardings saved in the
+  checkpoint, so a checkpoint written by 8 devices or 2 processes can be read
+  by a 1-device test process (orbax otherwise refuses: "Topology mismatch").
+  """
   import jax
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  import numpy as np
+  import orbax.checkpoint as ocp
+  directory = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  path = os.path.join(os.path.abspath(directory), str(step), "state")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    tree = ckptr.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return step, state["params"]
 
 
 def main(spec_path: str) -> None:
   with open(spec_path) as f:
     spec = json.load(f)
   n = int(spec.get("num_cpu_devices", 1))
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={n}")
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, REPO)
-  import importlib.util
-
   import jax
-  import numpy as np
 
   from mtl_jax import train
   assert jax.device_count() == n, (jax.device_count(), n)
-  loader = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(REPO, "configs", "quickstart.py"))
-  quickstart = importlib.util.module_from_spec(loader)
-  loader.loader.exec_module(quickstart)
   for run in spec["runs"]:
-    config = quickstart.get_config()
-    config.update_from_flattened_dict(run["overrides"])
-    train.train_and_evaluate(config, run["workdir"])
-    params = train.final_params(run["workdir"])
-    np.savez(os.path.join(run["workdir"], "params.npz"), **flat_params(params))
+    config = quickstart_config(run["overrides"])
+    if not run.get("expect_error"):
+      train.train_and_evaluate(config, run["workdir"])
+      continue
+    os.makedirs(run["workdir"], exist_ok=True)
+    try:
+      train.train_and_evaluate(config, run["workdir"])
+      error = None
+    except Exception as e:  # noqa: BLE001 (the test inspects it)
+      error = {"type": type(e).__name__, "message": str(e)}
+    with open(os.path.join(run["workdir"], "error.json"), "w") as f:
+      json.dump(error, f)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,16 @@ def test_build_dataset_passes_kwargs():
   s = build_dataset({"name": "mmoe_synthetic", "p": 0.9, "num_train": 100,
                      "num_validation": 20, "num_test": 30})
   assert (len(s.train), len(s.validation), len(s.test)) == (100, 20, 30)
+
+
+def test_mnist1d_disk_cache_equals_fresh_generation(tmp_path, monkeypatch):
+  from mtl_jax.data import mnist1d_tasks
+  monkeypatch.setenv("MTL_JAX_CACHE", str(tmp_path))
+  args = {"num_samples": 600}
+  first = mnist1d_tasks.generate(args)       # miss: generates and writes
+  assert len(list(tmp_path.glob("mnist1d_*.npz"))) == 1
+  second = mnist1d_tasks.generate(args)      # hit: loads
+  fresh = mnist1d_tasks._generate_in_memory(args)
+  for a, b, c in zip(first, second, fresh):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b, c)

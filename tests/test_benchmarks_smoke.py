@@ -1,0 +1,84 @@
+"""Smoke test of the benchmark scripts: each runs with --quick in a subprocess and
+prints one JSON object with the expected keys and positive times.
+
+The performance targets themselves are measured by the full runs (``make bench``),
+never asserted here: a shared CI machine is too noisy for that.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+SCRIPTS = ("many_tasks_step_time", "frozen_trunk_step_time")
+
+
+@pytest.fixture(scope="module")
+def outputs():
+  """Runs both scripts at once (they are mostly compile time) and collects their output."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  procs = {name: subprocess.Popen(
+      [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--repeats", "2",
+       "--steps", "1"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for name in SCRIPTS}
+  results = {}
+  for name, proc in procs.items():
+    try:
+      out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      out, err = proc.communicate()
+    results[name] = (proc.returncode, out, err)
+  return results
+
+
+def _parse(outputs, name):
+  rc, out, err = outputs[name]
+  assert rc == 0, f"{name} exited with {rc}; stderr:\n{err[-3000:]}"
+  try:
+    return json.loads(out)  # stdout must be exactly one JSON object
+  except json.JSONDecodeError as e:
+    raise AssertionError(f"{name}: stdout is not one JSON object ({e}):\n{out[:2000]}")
+
+
+def _positive(x):
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_many_tasks_json(outputs):
+  res = _parse(outputs, "many_tasks_step_time")
+  for key in ("benchmark", "config", "num_tasks", "step_time_ms", "compile_s", "ratio",
+              "target", "target_met"):
+    assert key in res, key
+  assert res["benchmark"] == "many_tasks_step_time"
+  ts = [str(t) for t in res["num_tasks"]]
+  assert len(ts) >= 2 and ts[0] == "1"
+  assert set(res["step_time_ms"]) == set(ts) == set(res["compile_s"])
+  assert all(_positive(v) for v in res["step_time_ms"].values()), res["step_time_ms"]
+  assert all(_positive(v) for v in res["compile_s"].values()), res["compile_s"]
+  assert f"ratio_T{ts[-1]}_over_T1" in res
+  assert _positive(res["ratio"])
+  assert isinstance(res["target_met"], bool)
+
+
+def test_frozen_trunk_json(outputs):
+  res = _parse(outputs, "frozen_trunk_step_time")
+  for key in ("benchmark", "config", "step_time_ms", "compile_s", "ratio_frozen_over_full",
+              "ratio", "target", "target_met"):
+    assert key in res, key
+  assert res["benchmark"] == "frozen_trunk_step_time"
+  assert set(res["step_time_ms"]) == {"full", "frozen"} == set(res["compile_s"])
+  assert all(_positive(v) for v in res["step_time_ms"].values()), res["step_time_ms"]
+  assert all(_positive(v) for v in res["compile_s"].values()), res["compile_s"]
+  assert _positive(res["ratio_frozen_over_full"])
+  assert isinstance(res["target_met"], bool)
+  # Freezing really leaves only the heads trainable.
+  cost = res["xla_cost"]
+  assert cost["frozen"]["trainable_params"] < cost["full"]["trainable_params"]
