@@ -27,7 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.optimizer = dict(name="adam", learning_rate=2e-3, schedule="cosine")
   config.param_groups = [(".*", 1.0)]
   config.batch_size = 128
-  config.eval_batch_size = 500
+  config.eval_batch_size = 512
   config.num_train_steps = 600
   config.log_every_steps = 50
   config.eval_every_steps = 200

@@ -14,6 +14,7 @@ import os
 from typing import Any, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Keys that may change between runs on one workdir (e.g. to train longer).
@@ -99,3 +100,25 @@ class Checkpointer:
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+def load_params_numpy(workdir: str, step: Optional[int] = None):
+  """The params of a run's checkpoint (latest by default) as host NumPy arrays.
+
+  Saved shardings are ignored, so a checkpoint written on 8 devices or by
+  several processes loads in a 1-device process (for transfer, tests, tools).
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  mngr = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  steps = sorted(mngr.all_steps())
+  step = mngr.latest_step() if step is None else step
+  mngr.close()
+  if step is None or step not in steps:
+    raise FileNotFoundError(f"checkpoint step {step} not in {directory} (has {steps})")
+  path = os.path.join(directory, str(step), "state")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    tree = ckptr.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"]

@@ -16,6 +16,7 @@ DEFAULTS = {
     "keep_checkpoints": 3,
     "num_devices": None,            # None: every device
     "progress_bar": True,
+    "init_from": None,              # dict(workdir=, step=None, load=".*", skip="heads/.*")
 }
 
 

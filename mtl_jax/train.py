@@ -1,6 +1,7 @@
 """The training loop: ``train_and_evaluate(config, workdir)``. Nothing model-specific.
 
-Init priority, in one place: a checkpoint in ``workdir`` (resume) > scratch.
+Init priority, in one place: a checkpoint in ``workdir`` (resume) >
+``config.init_from`` (pretrained parameters, partially loaded) > scratch.
 """
 
 import json
@@ -16,8 +17,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from mtl_jax import config_keys, losses, metric_writer, metrics, optim, parallel, tasks
-from mtl_jax.checkpoint import Checkpointer, check_workdir_config
+from mtl_jax import config_keys, losses, metric_writer, metrics, optim, parallel, partial_load, tasks
+from mtl_jax.checkpoint import Checkpointer, check_workdir_config, load_params_numpy
 from mtl_jax.data import build_dataset
 from mtl_jax.data.base import ArrayDataset
 from mtl_jax.data.pipeline import TrainIterator, eval_batches
@@ -132,6 +133,23 @@ def _prepare_data(config, specs):
   return splits
 
 
+def _init_from(init_config, params, mesh, verbose: bool):
+  """Partially loads pretrained parameters (see mtl_jax/partial_load.py)."""
+  init_config = dict(init_config)
+  unknown = sorted(set(init_config) - {"workdir", "step", "load", "skip"})
+  if unknown:
+    raise ValueError(f"init_from: unknown keys {unknown}; valid: ['workdir', 'step', 'load', 'skip']")
+  loaded = partial_load.load_checkpoint_params(init_config["workdir"], init_config.get("step"))
+  params, report = partial_load.merge_params(params, loaded, init_config.get("load", ".*"),
+                                             init_config.get("skip"))
+  logging.info("init_from %s:\n%s", init_config["workdir"], partial_load.format_report(report))
+  if verbose:
+    print(f"init_from {init_config['workdir']}: loaded {len(report['loaded'])}, newly "
+          f"initialised {len(report['fresh'])} {report['fresh']}, unused from checkpoint "
+          f"{len(report['unused'])} {report['unused']}", flush=True)
+  return jax.device_put(params, parallel.replicated(mesh))
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
@@ -156,6 +174,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   sample = splits["train"].inputs[:1]
   params = jax.jit(lambda r: model.init(r, sample)["params"],
                    out_shardings=parallel.replicated(mesh))(init_rng)
+  check_workdir_config(workdir, config.to_json(), is_main)
+  checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
+  if cfg("init_from") and checkpointer.latest_step() is None:
+    params = _init_from(cfg("init_from"), params, mesh, is_main)
   tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"), params,
                                                num_steps)
   logging.info("parameter groups:\n%s", "\n".join(group_log))
@@ -165,8 +187,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                      rng=state_rng)
   state = jax.device_put(state, parallel.replicated(mesh))
 
-  check_workdir_config(workdir, config.to_json(), is_main)
-  checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   train_iter = TrainIterator(splits["train"], config.batch_size, cfg("seed"),
                              jax.process_index(), jax.process_count())
   if checkpointer.latest_step() is not None:
@@ -245,10 +265,4 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
 def final_params(workdir: str):
   """The parameters of the latest checkpoint in ``workdir`` as NumPy (for tests and tools)."""
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               item_names=("state", "data"))
-  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  mngr.close()
-  return restored["state"]["params"]
+  return load_params_numpy(workdir)

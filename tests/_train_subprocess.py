@@ -41,23 +41,11 @@ def train_metrics(workdir: str) -> list:
 
 
 def checkpoint_params(workdir: str):
-  """(step, params) of the latest checkpoint in ``workdir``, as NumPy.
-
-  Unlike ``train.final_params``, this ignores the shardings saved in the
-  checkpoint, so a checkpoint written by 8 devices or 2 processes can be read
-  by a 1-device test process (orbax otherwise refuses: "Topology mismatch").
-  """
-  import jax
-  import numpy as np
-  import orbax.checkpoint as ocp
+  """(step, params) of the latest checkpoint in ``workdir``, as NumPy, on any topology."""
+  from mtl_jax.checkpoint import load_params_numpy
   directory = os.path.join(workdir, "checkpoints")
   step = max(int(d) for d in os.listdir(directory) if d.isdigit())
-  path = os.path.join(os.path.abspath(directory), str(step), "state")
-  with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.metadata(path).item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return step, state["params"]
+  return step, load_params_numpy(workdir, step)
 
 
 def main(spec_path: str) -> None:

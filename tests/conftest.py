@@ -17,7 +17,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config = quickstart.get_config()
   config.num_train_steps = 20
   config.batch_size = 32
-  config.eval_batch_size = 500
+  config.eval_batch_size = 512
   config.log_every_steps = 5
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 10

@@ -1,0 +1,84 @@
+"""init_from: loaded leaves equal the checkpoint's, others are fresh, mismatches are named."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import tiny_config
+from mtl_jax import partial_load, tasks, train
+from mtl_jax.models import build_model
+
+
+def _flat(tree):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("upstream"))
+  c = tiny_config()
+  c.tasks = [dict(name="digit", kind="multiclass", num_outputs=10)]
+  c.model.trunk.features = (32, 32, 32)
+  c.num_train_steps = 10
+  train.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def _downstream(upstream, **init_from):
+  c = tiny_config()
+  c.tasks = [dict(name="parity", kind="binary")]
+  c.model.trunk.features = (32, 32, 32)
+  c.model.trunk.num_blocks = 2          # truncation: keep the lower two blocks
+  c.num_train_steps = 3
+  c.init_from = dict(workdir=upstream, **init_from)
+  c.param_groups = [("trunk/.*", None), (".*", 1.0)]
+  return c
+
+
+def test_merge_loads_selected_and_keeps_fresh_rest(upstream):
+  loaded = partial_load.load_checkpoint_params(upstream)
+  c = _downstream(upstream)
+  specs = tasks.specs_from_config(c.tasks)
+  model = build_model(c.model, tasks.group_tasks(specs))
+  fresh = model.init(jax.random.PRNGKey(5), jnp.zeros((1, 40)))["params"]
+  merged, report = partial_load.merge_params(fresh, loaded, load="trunk/.*")
+  flat_m, flat_f = _flat(merged), _flat(fresh)
+  for path in report["loaded"]:
+    np.testing.assert_array_equal(flat_m[path], loaded[path])
+  for path in report["fresh"]:
+    np.testing.assert_array_equal(flat_m[path], flat_f[path])
+  assert sorted(report["loaded"]) == [f"trunk/block_{i}/Dense_0/{w}" for i in (0, 1)
+                                      for w in ("bias", "kernel")]
+  assert report["fresh"] == ["heads/binary_1/bias", "heads/binary_1/kernel"] or \
+      sorted(report["fresh"]) == ["heads/binary_1/bias", "heads/binary_1/kernel"]
+  assert "trunk/block_2/Dense_0/kernel" in report["unused"]
+  assert "heads/multiclass_10/kernel" in report["unused"]
+
+
+def test_init_from_in_training_with_frozen_trunk(upstream, tmp_path, capsys):
+  workdir = str(tmp_path / "down")
+  train.train_and_evaluate(_downstream(upstream, load="trunk/.*"), workdir)
+  assert "init_from" in capsys.readouterr().out
+  final = _flat(train.final_params(workdir))
+  loaded = partial_load.load_checkpoint_params(upstream)
+  np.testing.assert_array_equal(final["trunk/block_1/Dense_0/kernel"],
+                                loaded["trunk/block_1/Dense_0/kernel"])
+
+
+def test_shape_mismatch_names_paths_and_shapes(upstream, tmp_path):
+  c = _downstream(upstream, load=".*")  # heads differ: multiclass_10 vs binary_1
+  with pytest.raises(partial_load.CheckpointMismatchError,
+                     match=r"heads/binary_1/kernel: model \(1, 32, 1\), checkpoint <absent>"):
+    train.train_and_evaluate(c, str(tmp_path / "a"))
+  c = _downstream(upstream, load="trunk/.*")
+  c.model.trunk.features = (16, 32, 32)
+  with pytest.raises(partial_load.CheckpointMismatchError,
+                     match=r"trunk/block_0/Dense_0/kernel: model \(40, 16\), checkpoint \(40, 32\)"):
+    train.train_and_evaluate(c, str(tmp_path / "b"))
+
+
+def test_missing_checkpoint_dir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoints"):
+    partial_load.load_checkpoint_params(str(tmp_path))
