@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -226,9 +226,3 @@ def ratio(a: float, b: float) -> float:
 def paired_ratio(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
   """Median of per-repeat ratios a_i / b_i (the repeats were taken side by side)."""
   return float(statistics.median([a / b for a, b in zip(samples_a, samples_b)]))
-
-
-def timed(fn: Callable[[], Any]):
-  t0 = time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - t0

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from mtl_jax import config_keys, losses, metric_writer, metrics, optim, parallel, partial_load, tasks
+from mtl_jax import (config_keys, losses, metric_writer, metrics, optim, parallel, partial_load,
+                     regularizers, tasks)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config, load_params_numpy
 from mtl_jax.data import build_dataset
 from mtl_jax.data.base import ArrayDataset
@@ -42,8 +43,10 @@ class TrainState:
 
 
 def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
-                    groups: Sequence[tasks.TaskGroup], trainable):
+                    groups: Sequence[tasks.TaskGroup], trainable, regularizer=None):
   """Returns the pure step ``(state, batch) -> (state, metrics)``.
+
+  ``regularizer`` (optional) maps params to a scalar added to the loss.
 
   Frozen leaves (``trainable`` False) pass through ``stop_gradient``: their
   gradient is a symbolic zero, so XLA never computes their backward pass.
@@ -55,16 +58,18 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
     outputs = model.apply({"params": params}, batch["inputs"], train=True,
                           rngs={"dropout": rng})
     per_task = losses.task_losses(specs, groups, outputs, batch["labels"], batch["mask"])
-    return jnp.sum(weights * per_task), per_task
+    reg = regularizer(params) if regularizer else jnp.zeros((), jnp.float32)
+    return jnp.sum(weights * per_task) + reg, (per_task, reg)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    (total, per_task), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (total, (per_task, reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     labelled = jnp.stack([batch["mask"][s.name].sum() for s in specs])
     step_metrics = {"loss": total, "task_loss": per_task, "labelled": labelled,
+                    "regularizer": reg,
                     "grad_norm": optax.tree.norm(grads),
                     "param_norm": optax.tree.norm(params)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
@@ -110,7 +115,8 @@ def _summarize(pending, specs) -> Dict[str, float]:
   values = jax.device_get([m for _, m in pending])
   out = {"train/loss": float(np.mean([v["loss"] for v in values])),
          "train/grad_norm": float(np.mean([v["grad_norm"] for v in values])),
-         "train/param_norm": float(values[-1]["param_norm"])}
+         "train/param_norm": float(values[-1]["param_norm"]),
+         "train/regularizer": float(np.mean([v["regularizer"] for v in values]))}
   task_loss = np.stack([v["task_loss"] for v in values])
   labelled = np.stack([v["labelled"] for v in values])
   for i, s in enumerate(specs):
@@ -197,7 +203,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
   step_fn = jax.jit(make_train_step(model=model, tx=tx, specs=specs, groups=groups,
-                                    trainable=trainable),
+                                    trainable=trainable,
+                                    regularizer=regularizers.build_regularizer(
+                                        cfg("regularizers"))),
                     in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
   eval_fn = jax.jit(make_eval_step(model), in_shardings=(rep, dat), out_shardings=rep)
   writer = metric_writer.MetricWriter(workdir, enabled=is_main)

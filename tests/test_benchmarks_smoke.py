@@ -23,6 +23,11 @@ def outputs():
   """Runs both scripts at once (they are mostly compile time) and collects their output."""
   env = dict(os.environ)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  # Plumbing only: the CPU backend with cheap XLA codegen keeps compile time (most of a
+  # --quick run) low. Real measurements run the scripts without these.
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                      " --xla_llvm_disable_expensive_passes=true").strip()
   procs = {name: subprocess.Popen(
       [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--repeats", "2",
        "--steps", "1"],

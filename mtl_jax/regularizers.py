@@ -1,0 +1,50 @@
+"""Parameter regularizers added to the training loss, selected by config.
+
+``config.regularizers = [dict(name="l2_to_mean", weight=1e-2, select="trunk/.*")]``
+Each entry is a registered function ``fn(params, select=regex, **options) ->
+scalar``; the loss adds ``weight * fn(...)``. ``select`` is a full-match
+regex on ``/``-joined parameter paths, like param_groups.
+"""
+
+import re
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from mtl_jax.registry import Registry
+
+REGULARIZERS = Registry("regularizer")
+
+
+def select_leaves(params, select: str) -> List[jax.Array]:
+  """The leaves whose path fully matches ``select``; an empty selection is an error."""
+  regex = re.compile(select)
+  flat = traverse_util.flatten_dict(params)
+  leaves = [v for k, v in sorted(flat.items()) if regex.fullmatch("/".join(k))]
+  if not leaves:
+    raise ValueError(f"regularizer select {select!r} matches no parameter; paths look like "
+                     f"{['/'.join(k) for k in list(flat)[:4]]}")
+  return leaves
+
+
+@REGULARIZERS.register("l2")
+def l2(params, select: str = ".*") -> jax.Array:
+  """Sum of squares of the selected parameters (weight decay as a loss term)."""
+  return sum(jnp.sum(jnp.square(x)) for x in select_leaves(params, select))
+
+
+def build_regularizer(configs) -> Any:
+  """Returns ``fn(params) -> scalar`` summing ``weight * reg(params)`` over entries."""
+  entries = []
+  for c in configs or ():
+    c = dict(c)
+    name = c.pop("name")
+    weight = float(c.pop("weight"))
+    entries.append((REGULARIZERS.get(name), weight, c))
+
+  def total(params) -> jax.Array:
+    return sum((w * fn(params, **opts) for fn, w, opts in entries), jnp.zeros((), jnp.float32))
+
+  return total if entries else None
