@@ -38,13 +38,17 @@ def _flatten(d, prefix=""):
 
 
 def check_workdir_config(workdir: str, config_json: str, is_main: bool = True) -> None:
-  """Writes ``workdir/config.json`` on first use; afterwards refuses a config that differs.
+  """Writes ``workdir/config.json``; refuses a config that differs from a resumable run's.
 
-  Comparison is on the JSON form, so ``(1, 2)`` and ``[1, 2]`` are equal.
+  The guard applies once the workdir holds a checkpoint (a run that failed
+  before its first save can be rerun with a fixed config). Comparison is on
+  the JSON form, so ``(1, 2)`` and ``[1, 2]`` are equal.
   """
   path = os.path.join(workdir, "config.json")
   new = json.loads(config_json)
-  if os.path.exists(path):
+  ckpts = os.path.join(workdir, "checkpoints")
+  has_checkpoint = os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))
+  if os.path.exists(path) and has_checkpoint:
     with open(path) as f:
       old = json.load(f)
     a, b = _flatten(old), _flatten(new)

@@ -17,6 +17,7 @@ DEFAULTS = {
     "num_devices": None,            # None: every device
     "progress_bar": True,
     "init_from": None,              # dict(workdir=, step=None, load=".*", skip="heads/.*")
+    "transfer": None,               # dict(strategy=, upstream=, ...): see mtl_jax/transfer.py
     "regularizers": [],             # [dict(name=, weight=, select=regex, ...)]
 }
 

@@ -18,7 +18,7 @@ import optax
 from absl import logging
 
 from mtl_jax import (config_keys, losses, metric_writer, metrics, optim, parallel, partial_load,
-                     regularizers, tasks)
+                     regularizers, tasks, transfer)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config, load_params_numpy
 from mtl_jax.data import build_dataset
 from mtl_jax.data.base import ArrayDataset
@@ -163,11 +163,17 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   to ``workdir/results.json``.
   """
   config_keys.check_config_keys(config)
-  cfg = lambda k: config_keys.get(config, k)  # noqa: E731
   is_main = jax.process_index() == 0
+  check_workdir_config(workdir, config.to_json(), is_main)
+  transfer_plan = transfer.plan(config)
+  if transfer_plan:
+    config = transfer_plan.config
+  cfg = lambda k: config_keys.get(config, k)  # noqa: E731
   specs = tasks.specs_from_config(config.tasks)
   groups = tasks.group_tasks(specs)
   splits = _prepare_data(config, specs)
+  if transfer_plan and transfer_plan.cache_trunk:
+    splits = transfer.cache_features(splits, transfer_plan.cache_trunk, transfer_plan.upstream)
 
   mesh = parallel.make_mesh(cfg("num_devices"))
   parallel.check_batch_size(config.batch_size, mesh)
@@ -180,7 +186,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   sample = splits["train"].inputs[:1]
   params = jax.jit(lambda r: model.init(r, sample)["params"],
                    out_shardings=parallel.replicated(mesh))(init_rng)
-  check_workdir_config(workdir, config.to_json(), is_main)
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   if cfg("init_from") and checkpointer.latest_step() is None:
     params = _init_from(cfg("init_from"), params, mesh, is_main)

@@ -35,7 +35,7 @@ def test_unknown_registry_names_list_valid_ones(workdir, section, key, value, ma
 def test_unknown_trunk_and_trunk_option(workdir):
   c = tiny_config()
   c.model.trunk.name = "transformerr"
-  with pytest.raises(KeyError, match=r"unknown trunk 'transformerr'; valid names: \['cnn', 'mlp'\]"):
+  with pytest.raises(KeyError, match=r"unknown trunk 'transformerr'; valid names: \['cnn', 'identity', 'mlp'\]"):
     train.train_and_evaluate(c, workdir)
   c = tiny_config()
   c.model.trunk.widths = (3,)
@@ -130,3 +130,13 @@ def test_incompatible_workdir_names_the_keys(workdir):
     train.train_and_evaluate(c, workdir)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["trunk"]["features"] == [32, 32]  # untouched
+
+
+def test_failed_first_run_does_not_lock_the_workdir(workdir):
+  c = tiny_config()
+  c.num_train_steps = 3
+  c.data.name = "mnist2d"
+  with pytest.raises(KeyError):
+    train.train_and_evaluate(c, workdir)
+  c.data.name = "mnist1d"
+  train.train_and_evaluate(c, workdir)  # no IncompatibleWorkdirError

@@ -93,6 +93,16 @@ class CNN(nn.Module):
     return x.reshape(x.shape[0], -1)
 
 
+@TRUNKS.register("identity")
+class Identity(nn.Module):
+  """No trunk: heads see the flattened input (logistic regression, cached features)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    return x.reshape(x.shape[0], -1)
+
+
 def build_trunk(trunk_config, name: str = "trunk") -> nn.Module:
   """``trunk_config`` = {"name": registry name, **constructor kwargs}."""
   kwargs = dict(trunk_config)

@@ -1,0 +1,97 @@
+"""Transfer strategies: what is loaded, what is frozen, and cached == linear probe."""
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import tiny_config
+from mtl_jax import partial_load, train, transfer
+
+
+def _flat(tree):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("upstream"))
+  c = tiny_config()
+  c.tasks = [dict(name="digit", kind="multiclass", num_outputs=10)]
+  c.model.trunk.features = (32, 32, 32)
+  c.num_train_steps = 20
+  train.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def _downstream(upstream, strategy, **opts):
+  c = tiny_config()
+  c.tasks = [dict(name="parity", kind="binary")]
+  c.model.trunk.features = (32, 32, 32)
+  c.num_train_steps = 15
+  c.checkpoint_every_steps = 0
+  c.transfer = dict(strategy=strategy, upstream=upstream, **opts)
+  return c
+
+
+def test_freeze_bottom_leaves_exactly_lower_blocks_unchanged(upstream, tmp_path):
+  train.train_and_evaluate(_downstream(upstream, "freeze_bottom:2", trunk_lr_mult=0.5),
+                           str(tmp_path / "fb"))
+  up = partial_load.load_checkpoint_params(upstream)
+  down = _flat(train.final_params(str(tmp_path / "fb")))
+  for i in range(3):
+    for w in ("kernel", "bias"):
+      path = f"trunk/block_{i}/Dense_0/{w}"
+      if i < 2:
+        np.testing.assert_array_equal(down[path], up[path], err_msg=path)
+      else:
+        assert not np.array_equal(down[path], up[path]), f"{path} did not train"
+
+
+def test_truncate_keeps_lower_blocks_frozen(upstream, tmp_path):
+  train.train_and_evaluate(_downstream(upstream, "truncate:1"), str(tmp_path / "tr"))
+  down = _flat(train.final_params(str(tmp_path / "tr")))
+  assert sorted(k for k in down if k.startswith("trunk")) == [
+      "trunk/block_0/Dense_0/bias", "trunk/block_0/Dense_0/kernel"]
+  up = partial_load.load_checkpoint_params(upstream)
+  np.testing.assert_array_equal(down["trunk/block_0/Dense_0/kernel"],
+                                up["trunk/block_0/Dense_0/kernel"])
+
+
+def test_cached_probe_reaches_the_linear_probe_head(upstream, tmp_path):
+  """Same init (flax derives head RNGs from the module path), same data order:
+  the heads agree to float32 round-off (tolerance 1e-4 relative)."""
+  res_lp = train.train_and_evaluate(_downstream(upstream, "linear_probe"), str(tmp_path / "lp"))
+  res_cp = train.train_and_evaluate(_downstream(upstream, "cached_probe"), str(tmp_path / "cp"))
+  lp = _flat(train.final_params(str(tmp_path / "lp")))
+  cp = _flat(train.final_params(str(tmp_path / "cp")))
+  assert set(cp) == {"heads/binary_1/kernel", "heads/binary_1/bias"}
+  for k in cp:
+    np.testing.assert_allclose(cp[k], lp[k], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(res_cp["test"]["parity"]["loss"], res_lp["test"]["parity"]["loss"],
+                             rtol=1e-4)
+
+
+def test_finetune_layer_decay_groups():
+  c = _downstream("/up", "finetune", trunk_lr_mult=0.1, layer_decay=0.5)
+  p = transfer.plan(c)
+  assert p.config.init_from.load == "trunk/.*"
+  groups = [tuple(r) for r in p.config.param_groups]
+  assert groups == [("trunk/block_0/.*", pytest.approx(0.025)), ("trunk/block_1/.*", pytest.approx(0.05)),
+                    ("trunk/block_2/.*", pytest.approx(0.1)), (".*", 1.0)]
+  assert "transfer" not in p.config
+
+
+def test_scratch_loads_nothing():
+  p = transfer.plan(_downstream("/up", "scratch"))
+  assert not p.config.get("init_from") and p.cache_trunk is None
+
+
+@pytest.mark.parametrize("strategy,err,match", [
+    ("probe", KeyError, "unknown transfer strategy 'probe'"),
+    ("freeze_bottom", ValueError, "needs a block count"),
+    ("truncate:9", ValueError, r"truncate:9 needs 1 <= K <= 3"),
+])
+def test_bad_strategies(strategy, err, match):
+  with pytest.raises(err, match=match):
+    transfer.plan(_downstream("/up", strategy))
