@@ -6,7 +6,11 @@ from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from mtl_jax.models.columns import (ColumnHeads, CrossStitchMLP, stacked_trunk, task_order,
+                                    trunk_class)
 from mtl_jax.models.heads import TaskHeads
 from mtl_jax.models.trunks import build_trunk
 from mtl_jax.registry import Registry
@@ -26,3 +30,114 @@ class HardSharing(nn.Module):
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
     return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
+
+
+@SHARING.register("single_task")
+class SingleTask(nn.Module):
+  """T independent trunk+head columns (the single-task baseline) in one program.
+
+  The trunk is vmapped over tasks: ``columns/block_0/Dense_0/kernel`` is
+  [T, D_in, D_out], row t belonging to ``columns.task_order(groups)[t]``;
+  heads are ``heads/<kind>_<n>/...`` as in hard sharing. No parameter is
+  shared, so task t's loss has exactly zero gradient on every other column.
+  """
+  trunk: Dict[str, Any]
+  groups: Sequence[TaskGroup]
+  head_hidden: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+    n = len(task_order(self.groups))
+    features = stacked_trunk(self.trunk, n, name="columns")(inputs, train)  # [T, B, D]
+    return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
+
+
+@SHARING.register("soft")
+class SoftSharing(SingleTask):
+  """Soft parameter sharing: the single_task layout, coupled by a regularizer.
+
+  Parameters are identical to single_task (``columns/...`` with a leading
+  task axis); the coupling is a config regularizer on them, e.g.
+  ``dict(name="l2_to_mean", weight=lam, select="columns/.*")`` or
+  ``trace_norm``. lam=0 reproduces single_task exactly; large lam
+  approaches hard sharing.
+  """
+
+
+class _MixtureOfExperts(nn.Module):
+  """K expert trunks mixed per task by softmax gates on the flattened input.
+
+  Experts are vmapped: ``experts/block_0/Dense_0/kernel`` is [K, D_in, D_out].
+  The gate is ``gate`` [G, F, K] with no bias (softmax(W x), as in Ma
+  et al. 2018): G = T for MMoE (row t for task t of ``task_order``), G = 1 for
+  OMoE. Gates are sown as ``intermediates/gates`` [G, B, K]. ``head_hidden``
+  gives each task its tower.
+  """
+  trunk: Dict[str, Any]
+  groups: Sequence[TaskGroup]
+  num_experts: int = 8
+  head_hidden: Sequence[int] = ()
+  per_task_gates = True  # class constant, not a config option
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+    n = len(task_order(self.groups))
+    experts = stacked_trunk(self.trunk, self.num_experts, name="experts")(inputs, train)
+    x = inputs.reshape(inputs.shape[0], -1)
+    num_gates = n if self.per_task_gates else 1
+    init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+    kernel = self.param("gate", init, (num_gates, x.shape[-1], self.num_experts))
+    gates = jax.nn.softmax(jnp.einsum("bf,gfk->gbk", x, kernel), axis=-1)
+    self.sow("intermediates", "gates", gates)
+    features = jnp.einsum("gbk,kbd->gbd", gates, experts)
+    features = jnp.broadcast_to(features, (n,) + features.shape[1:])
+    return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
+
+
+@SHARING.register("mmoe")
+class MMoE(_MixtureOfExperts):
+  """Multi-gate mixture of experts: one gate per task (Ma et al., KDD 2018)."""
+  per_task_gates = True
+
+
+@SHARING.register("omoe")
+class OMoE(_MixtureOfExperts):
+  """One-gate mixture of experts: all tasks share one gate (MMoE's ablation)."""
+  per_task_gates = False
+
+
+@SHARING.register("cross_stitch")
+class CrossStitch(nn.Module):
+  """T MLP columns mixed after every block by learned T x T stitches (Misra et al., 2016).
+
+  ``trunk`` must be an ``mlp`` config. Paths: ``columns/block_<i>/Dense_0/...``
+  (as single_task) and ``columns/stitch_<i>`` [T, T], initialised with
+  ``stitch_diagonal`` on the diagonal and the rest of each row spread evenly;
+  ``stitch_diagonal=1`` starts from exactly independent columns. To
+  regularize only the columns, select ``columns/block_.*``.
+  """
+  trunk: Dict[str, Any]
+  groups: Sequence[TaskGroup]
+  head_hidden: Sequence[int] = ()
+  stitch_diagonal: float = 0.9
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+    if self.trunk["name"] != "mlp":
+      raise ValueError(f"cross_stitch stitches MLP blocks; got trunk {self.trunk['name']!r}, "
+                       "use trunk=dict(name='mlp', ...)")
+    _, kwargs = trunk_class(self.trunk)
+    n = len(task_order(self.groups))
+    features = CrossStitchMLP(n, **kwargs, stitch_diagonal=self.stitch_diagonal,
+                              name="columns")(inputs, train)
+    return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
+
+
+def count_params(model: nn.Module, inputs: jax.Array) -> int:
+  """Number of parameters of ``model`` on inputs shaped like ``inputs`` (no compute).
+
+  Use it to match capacities, e.g. pick the width of a shared-bottom model
+  (``sharing="hard"`` with a one-layer MLP trunk) equal to an MMoE's count.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), inputs))["params"]
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
