@@ -48,3 +48,36 @@ def build_regularizer(configs) -> Any:
     return sum((w * fn(params, **opts) for fn, w, opts in entries), jnp.zeros((), jnp.float32))
 
   return total if entries else None
+
+
+def _stacked_leaves(params, select: str, name: str) -> List[jax.Array]:
+  leaves = select_leaves(params, select)
+  scalars = [i for i, x in enumerate(leaves) if x.ndim == 0]
+  if scalars:
+    raise ValueError(f"{name}: select {select!r} matches scalar parameters, which have no "
+                     "leading task axis; select stacked leaves such as 'columns/.*'")
+  return leaves
+
+
+@REGULARIZERS.register("l2_to_mean")
+def l2_to_mean(params, select: str = "columns/.*") -> jax.Array:
+  """Soft sharing: sum over selected leaves of sum_t ||theta_t - mean_t theta||^2.
+
+  Each selected leaf is stacked with the task axis first ([T, ...], as the
+  soft/single_task ``columns``). This O(T) form equals the pairwise
+  sum_{s<t} ||theta_s - theta_t||^2 divided by T, without T^2 differences.
+  """
+  return sum(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)))
+             for x in _stacked_leaves(params, select, "l2_to_mean"))
+
+
+@REGULARIZERS.register("trace_norm")
+def trace_norm(params, select: str = "columns/.*") -> jax.Array:
+  """Sum over selected leaves of the nuclear norm of the leaf reshaped to [T, -1].
+
+  Row t is task t's whole tensor flattened (kernel [T, D_in, D_out] ->
+  [T, D_in*D_out]), so the norm is small when the task columns span few
+  directions (Yang & Hospedales, 2017). Its gradient is U V^T of the SVD.
+  """
+  return sum(jnp.sum(jnp.linalg.svd(x.reshape(x.shape[0], -1), compute_uv=False))
+             for x in _stacked_leaves(params, select, "trace_norm"))

@@ -259,3 +259,21 @@ def test_mnist1d_disk_cache_equals_fresh_generation(tmp_path, monkeypatch):
   for a, b, c in zip(first, second, fresh):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(b, c)
+
+
+def test_mnist1d_class_subset_and_per_class_subsample():
+  from mtl_jax.data import build_dataset
+  full = build_dataset({"name": "mnist1d"})
+  d = build_dataset({"name": "mnist1d", "classes": [5, 7, 9], "train_per_class": 10, "seed": 3})
+  assert len(d.train) == 30
+  assert sorted(np.unique(d.train.labels["digit"])) == [0, 1, 2]
+  np.testing.assert_array_equal(np.bincount(d.train.labels["digit"]), [10, 10, 10])
+  assert np.all(d.test.labels["digit_ge5"] == 1)  # true digits are all >= 5
+  # Relabelled digit matches the original digit of the same signal.
+  keep = np.isin(full.test.labels["digit"], [5, 7, 9])
+  np.testing.assert_array_equal(np.array([5, 7, 9])[d.test.labels["digit"]],
+                                full.test.labels["digit"][keep])
+  with pytest.raises(ValueError, match="has only"):
+    build_dataset({"name": "mnist1d", "train_per_class": 10_000})
+  with pytest.raises(ValueError, match="distinct digits"):
+    build_dataset({"name": "mnist1d", "classes": [1, 1]})

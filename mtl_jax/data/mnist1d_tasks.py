@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import random
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -116,8 +116,17 @@ def _split(x: np.ndarray, digit: np.ndarray, rates: Mapping[str, float],
 @DATASETS.register("mnist1d")
 def mnist1d(num_validation: int = 500, seed: int = 0, hide_rate: float = 0.0,
             hide_rates: Optional[Mapping[str, float]] = None, shuffle_spatial: bool = False,
-            dataset_args: Optional[Mapping[str, Any]] = None) -> DataSplits:
+            dataset_args: Optional[Mapping[str, Any]] = None,
+            classes: Optional[Sequence[int]] = None,
+            train_per_class: Optional[int] = None) -> DataSplits:
   """Tasks "digit", "digit_ge5" and "parity" on MNIST-1D.
+
+  Transfer studies build upstream/downstream variants from three knobs:
+  ``classes`` keeps only those digits in every split and relabels "digit" to
+  their index in ``classes`` (digit_ge5 and parity keep the true digit);
+  ``train_per_class`` subsamples the train split to that many examples per
+  class (seeded by ``seed``: the "small target data" regime); and
+  ``dataset_args`` changes the generator (noise, length, its own seed).
 
   The last ``num_validation`` train signals become validation; the published
   test split is ``test``. ``hide_rate`` (or per-task ``hide_rates``) hides
@@ -139,6 +148,27 @@ def mnist1d(num_validation: int = 500, seed: int = 0, hide_rate: float = 0.0,
   rates.update(hide_rates or {})
   rng = np.random.default_rng(seed)
   n = len(x) - num_validation
-  return DataSplits(train=_split(x[:n], y[:n], rates, rng),
-                    validation=_split(x[n:], y[n:], {}, rng),
-                    test=_split(x_test, y_test, {}, rng))
+  parts = {"train": (x[:n], y[:n]), "validation": (x[n:], y[n:]), "test": (x_test, y_test)}
+  if classes is not None:
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+      raise ValueError(f"classes must be distinct digits 0..9, got {classes}")
+    parts = {k: (a[np.isin(b, classes)], b[np.isin(b, classes)]) for k, (a, b) in parts.items()}
+  if train_per_class is not None:
+    a, b = parts["train"]
+    keep = []
+    for c in np.unique(b):
+      idx = np.flatnonzero(b == c)
+      if len(idx) < train_per_class:
+        raise ValueError(f"train_per_class={train_per_class} but digit {c} has only {len(idx)} "
+                         f"train examples; raise dataset_args num_samples")
+      keep.append(rng.choice(idx, train_per_class, replace=False))
+    keep = np.sort(np.concatenate(keep))
+    parts["train"] = (a[keep], b[keep])
+  splits = {k: _split(a, b, rates if k == "train" else {}, rng) for k, (a, b) in parts.items()}
+  if classes is not None:
+    lookup = np.full(10, -1, np.int32)
+    lookup[classes] = np.arange(len(classes))
+    for ds in splits.values():
+      ds.labels["digit"] = lookup[ds.labels["digit"]]
+  return DataSplits(**splits)

@@ -1,16 +1,22 @@
 """Input pipeline: deterministic, checkpointable batches from an ArrayDataset.
 
-Train order comes from grain (`MapDataset.range(n).shuffle(seed).repeat()`),
-so it is a pure function of the seed, reshuffled every epoch, and its
-iterator state (`{"next_index": k}`) is saved in checkpoints: a resumed run
-continues on exactly the next batch. Every process computes the same global
-index batch and keeps its own contiguous slice, which is what
-`jax.make_array_from_process_local_data` expects.
+The train order is an endless stream of per-epoch permutations,
+``permutation_e = default_rng([seed, e]).permutation(n)``, cut into batches:
+a pure function of the seed, reshuffled every epoch, and batches cross epoch
+boundaries (step-based training). The iterator state is the number of
+batches consumed (``{"next_index": k}``), saved in checkpoints, so a resumed
+run continues on exactly the next batch. Every process computes the same
+global index batch and keeps its own contiguous slice, which is what
+``jax.make_array_from_process_local_data`` expects.
+
+Why not grain's ``MapDataset.shuffle().repeat().batch()``: it builds each
+batch element by element in Python (about 8 ms per batch of 128 here), which
+was most of a small model's step time; a NumPy permutation per epoch costs
+0.1 ms. The semantics (seeded, per-epoch reshuffle, resumable) are the same.
 """
 
 from typing import Iterator
 
-import grain
 import numpy as np
 
 from mtl_jax.data.base import ArrayDataset
@@ -33,21 +39,36 @@ class TrainIterator:
       raise ValueError("the training split is empty")
     self._dataset = dataset
     self._slice = _local_slice(global_batch_size, process_index, process_count)
-    ds = grain.MapDataset.range(len(dataset)).shuffle(seed=seed).repeat()
-    self._it = iter(ds.batch(global_batch_size, drop_remainder=True))
+    self._batch_size = global_batch_size
+    self._seed = seed
+    self._next = 0
+    self._epoch_cache = (-1, None)
+
+  def _epoch(self, e: int) -> np.ndarray:
+    if self._epoch_cache[0] != e:
+      self._epoch_cache = (e, np.random.default_rng([self._seed, e]).permutation(len(self._dataset)))
+    return self._epoch_cache[1]
+
+  def global_indices(self, k: int) -> np.ndarray:
+    """Example indices of global batch ``k`` (every process computes the same)."""
+    n, b = len(self._dataset), self._batch_size
+    pos = np.arange(k * b, (k + 1) * b)
+    epochs, offsets = np.divmod(pos, n)
+    return np.concatenate([self._epoch(e)[offsets[epochs == e]] for e in np.unique(epochs)])
 
   def __iter__(self) -> "TrainIterator":
     return self
 
   def __next__(self) -> dict:
-    idx = np.asarray(next(self._it))[self._slice]
+    idx = self.global_indices(self._next)[self._slice]
+    self._next += 1
     return self._dataset.take(idx)
 
   def get_state(self) -> dict:
-    return dict(self._it.get_state())
+    return {"next_index": self._next}
 
   def set_state(self, state: dict) -> None:
-    self._it.set_state(dict(state))
+    self._next = int(state["next_index"])
 
 
 def eval_batches(dataset: ArrayDataset, global_batch_size: int, process_index: int = 0,

@@ -1,0 +1,22 @@
+"""DualProj: the mean (or preference-weighted) gradient projected onto the dual cone of the rows.
+
+The A-GEM/GEM projection (Lopez-Paz & Ranzato 2017, Eq. 11) as in
+torchjd.DualProj: min ||d - Jᵀu|| s.t. Jd >= 0, solved in its dual form.
+"""
+
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, pref_weights
+from mtl_jax.weighting.qp import dual_cone_weights
+
+
+@AGGREGATORS.register("dualproj")
+class DualProj(GramianWeighted):
+  """Options: pref_vector (default 1/T), norm_eps, reg_eps (torchjd's 1e-4), qp_iters (default 4T+8)."""
+
+  def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, qp_iters=None):
+    self.pref_vector = None if pref_vector is None else tuple(pref_vector)
+    self.norm_eps, self.reg_eps, self.qp_iters = norm_eps, reg_eps, qp_iters
+
+  def weights(self, gram, rng=None):
+    u = pref_weights(self.pref_vector, gram.shape[0], gram.dtype)
+    return dual_cone_weights(u, gram, norm_eps=self.norm_eps, reg_eps=self.reg_eps,
+                             iters=self.qp_iters)

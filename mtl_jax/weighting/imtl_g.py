@@ -1,0 +1,20 @@
+"""IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021).
+
+Finds the direction whose projection on every unit task gradient is equal:
+w ∝ G⁺ sqrt(diag G), normalised to sum 1. The pseudo-inverse is the
+generalisation of torchjd.IMTLG (Quinton & Rey 2024) that accepts linearly
+dependent rows; weights are 0 when they sum to ~0.
+"""
+
+import jax.numpy as jnp
+
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
+
+
+@AGGREGATORS.register("imtl_g")
+class IMTLG(GramianWeighted):
+
+  def weights(self, gram, rng=None):
+    v = jnp.linalg.pinv(gram, hermitian=True) @ jnp.sqrt(jnp.clip(jnp.diagonal(gram), 0.0))
+    s = jnp.sum(v)
+    return jnp.where(jnp.abs(s) < 1e-12, 0.0, v / jnp.where(s == 0, 1.0, s))

@@ -1,0 +1,53 @@
+"""Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022).
+
+The Nash bargaining weights solve α ⊙ (Gα) = 1, α > 0, i.e. they minimise
+the self-concordant ½αᵀGα - Σ log α_i. With G scaled to unit Frobenius norm
+(as the official code and torchjd), damped Newton (step 1/(1+λ), λ the Newton
+decrement; global convergence, then quadratic) runs a fixed `newton_iters`.
+The direction Jᵀα is then clipped to norm `max_norm` (torchjd's default 1;
+note ||Jᵀα|| = sqrt(T) at the solution, so the clip is always active then).
+
+Differs from torchjd.NashMTL, which is stateful (warm-starts from the last
+call, re-solves every `update_weights_every` steps) and runs 20 rounds of a
+cvxpy/ECOS convex-concave scheme: this is the exact, stateless solution.
+Rows must be linearly independent for a solution to exist (T <= P).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
+
+
+def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
+  """α with α ⊙ (Gα) = 1 by damped Newton, solved on G/||G||_F then rescaled."""
+  t = gram.shape[0]
+  nf = jnp.sqrt(jnp.sum(gram * gram))
+  g = gram / jnp.where(nf > 0, nf, 1.0)
+
+  def newton(_, a):
+    grad = g @ a - 1.0 / a
+    h = g + jnp.diag(1.0 / (a * a))
+    step = -jnp.linalg.solve(h, grad)
+    dec = jnp.sqrt(jnp.clip(-grad @ step, 0.0))
+    return a + step / (1.0 + dec)
+
+  a = jax.lax.fori_loop(0, iters, newton, jnp.ones((t,), gram.dtype))
+  return a / jnp.sqrt(jnp.where(nf > 0, nf, 1.0))
+
+
+@AGGREGATORS.register("nash_mtl")
+class NashMTL(GramianWeighted):
+  """Options: max_norm (clip of the direction's norm; 0 disables), newton_iters."""
+
+  def __init__(self, max_norm=1.0, newton_iters=40):
+    if max_norm < 0:
+      raise ValueError(f"max_norm must be non-negative, got {max_norm}")
+    self.max_norm, self.newton_iters = max_norm, newton_iters
+
+  def weights(self, gram, rng=None):
+    a = nash_weights(gram, self.newton_iters)
+    if self.max_norm > 0:
+      norm = jnp.sqrt(jnp.clip(a @ gram @ a, 0.0))
+      a = jnp.where(norm > self.max_norm, a * self.max_norm / jnp.where(norm > 0, norm, 1.0), a)
+    return a

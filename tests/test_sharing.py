@@ -1,0 +1,232 @@
+"""Sharing schemes (single_task, soft, MMoE/OMoE, cross-stitch) and soft-sharing regularizers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import tiny_config
+from mtl_jax import regularizers, train
+from mtl_jax.models import build_model
+from mtl_jax.models.columns import task_order, task_slices
+from mtl_jax.models.sharing import count_params
+from mtl_jax.models.trunks import build_trunk
+from mtl_jax.tasks import TaskSpec, group_tasks
+
+# Two groups whose task order (a, c | b) differs from the config order (a, b, c).
+GROUPS = group_tasks((TaskSpec("a", "binary"), TaskSpec("b", "multiclass", 4),
+                      TaskSpec("c", "binary")))
+TRUNK = {"name": "mlp", "features": (8, 6)}
+X = jax.random.normal(jax.random.PRNGKey(9), (5, 10))
+
+
+def _flat(params):
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def _init(sharing, **opts):
+  model = build_model({"sharing": sharing, "trunk": TRUNK, **opts}, GROUPS)
+  return model, model.init(jax.random.PRNGKey(0), X)["params"]
+
+
+HEADS = {"heads/binary_1/bias": (2, 1), "heads/binary_1/kernel": (2, 6, 1),
+         "heads/multiclass_4/bias": (1, 4), "heads/multiclass_4/kernel": (1, 6, 4)}
+COLUMNS = {"columns/block_0/Dense_0/bias": (3, 8), "columns/block_0/Dense_0/kernel": (3, 10, 8),
+           "columns/block_1/Dense_0/bias": (3, 6), "columns/block_1/Dense_0/kernel": (3, 8, 6)}
+EXPERTS = {"experts/block_0/Dense_0/bias": (4, 8), "experts/block_0/Dense_0/kernel": (4, 10, 8),
+           "experts/block_1/Dense_0/bias": (4, 6), "experts/block_1/Dense_0/kernel": (4, 8, 6)}
+
+
+@pytest.mark.parametrize("sharing,opts,paths", [
+    ("single_task", {}, {**COLUMNS, **HEADS}),
+    ("soft", {}, {**COLUMNS, **HEADS}),
+    ("mmoe", {"num_experts": 4}, {**EXPERTS, "gate": (3, 10, 4), **HEADS}),
+    ("omoe", {"num_experts": 4}, {**EXPERTS, "gate": (1, 10, 4), **HEADS}),
+    ("cross_stitch", {}, {**COLUMNS, "columns/stitch_0": (3, 3), "columns/stitch_1": (3, 3),
+                          **HEADS}),
+])
+def test_output_shapes_and_param_paths(sharing, opts, paths):
+  model, params = _init(sharing, **opts)
+  assert {k: v.shape for k, v in _flat(params).items()} == paths
+  out = model.apply({"params": params}, X)
+  assert {k: v.shape for k, v in out.items()} == {"binary_1": (2, 5, 1), "multiclass_4": (1, 5, 4)}
+
+
+def test_task_order_is_groups_concatenated():
+  assert task_order(GROUPS) == ("a", "c", "b")
+  assert task_slices(GROUPS) == {"binary_1": (0, 2), "multiclass_4": (2, 3)}
+
+
+def test_single_task_column_t_is_an_ordinary_model_for_task_t():
+  model, params = _init("single_task")
+  out = model.apply({"params": params}, X)
+  trunk = build_trunk(TRUNK)
+  col = lambda t: jax.tree.map(lambda v: v[t], params["columns"])  # noqa: E731
+  dense = lambda p, h: h @ p["kernel"] + p["bias"]  # noqa: E731
+  head = lambda key, row: jax.tree.map(lambda v: v[row], params["heads"][key])  # noqa: E731
+  # Task b is column 2 but row 0 of its group; task c is column 1, row 1 of binary_1.
+  for t, key, row in [(0, "binary_1", 0), (1, "binary_1", 1), (2, "multiclass_4", 0)]:
+    ref = dense(head(key, row), trunk.apply({"params": col(t)}, X))
+    np.testing.assert_allclose(out[key][row], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_single_task_columns_are_independent():
+  model, params = _init("single_task")
+
+  def loss_c(p):  # task c: column 1, row 1 of the binary head
+    return jnp.sum(model.apply({"params": p}, X)["binary_1"][1] ** 2)
+
+  g = _flat(jax.grad(loss_c)(params))
+  for path, v in g.items():
+    if path.startswith("columns/"):
+      assert np.all(v[np.array([0, 2])] == 0) and np.any(v[1] != 0), path
+  assert np.all(g["heads/binary_1/kernel"][0] == 0)
+  assert np.all(g["heads/multiclass_4/kernel"] == 0)
+
+
+STACKED = {"columns": {"w": jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 2)),
+                                        jnp.float32),
+                       "b": jnp.asarray(np.random.default_rng(1).normal(size=(4, 5)), jnp.float32)},
+           "heads": {"k": jnp.ones((2, 3))}}
+
+
+def test_l2_to_mean_value_gradient_and_pairwise_identity():
+  leaves = [np.asarray(STACKED["columns"][k], np.float64) for k in ("b", "w")]
+  ref = sum(((x - x.mean(0)) ** 2).sum() for x in leaves)
+  pairwise = sum(((x[s] - x[t]) ** 2).sum() for x in leaves
+                 for s in range(4) for t in range(s + 1, 4))
+  value = float(regularizers.l2_to_mean(STACKED))  # default select: columns/.*
+  assert value == pytest.approx(ref, rel=1e-5)
+  assert value == pytest.approx(pairwise / 4, rel=1e-5)
+  grad = jax.grad(regularizers.l2_to_mean)(STACKED)
+  for k in ("b", "w"):
+    x = np.asarray(STACKED["columns"][k], np.float64)
+    np.testing.assert_allclose(grad["columns"][k], 2 * (x - x.mean(0)), rtol=1e-5, atol=1e-6)
+  assert float(regularizers.l2_to_mean(STACKED, "heads/.*")) == 0.0  # equal rows
+  with pytest.raises(ValueError, match="scalar"):
+    regularizers.l2_to_mean({"columns": {"s": jnp.ones(())}})
+
+
+def test_trace_norm_value_and_gradient():
+  value = float(regularizers.trace_norm(STACKED))
+  grad = jax.grad(regularizers.trace_norm)(STACKED)
+  ref = 0.0
+  for k in ("b", "w"):
+    x = np.asarray(STACKED["columns"][k], np.float64)
+    u, s, vt = np.linalg.svd(x.reshape(4, -1), full_matrices=False)
+    ref += s.sum()
+    np.testing.assert_allclose(grad["columns"][k], (u @ vt).reshape(x.shape), rtol=1e-4,
+                               atol=1e-5)
+  assert value == pytest.approx(ref, rel=1e-5)
+  # Equal rows are rank one: the norm is sqrt(T) * ||row||.
+  assert float(regularizers.trace_norm(STACKED, "heads/.*")) == pytest.approx(np.sqrt(2 * 3 * 2))
+
+
+def _columns_config(sharing, **overrides):
+  c = tiny_config(model=dict(sharing=sharing, trunk=dict(name="mlp", features=(16,))), **overrides)
+  c.num_train_steps = 6
+  c.checkpoint_every_steps = 0
+  return c
+
+
+def test_soft_with_zero_weight_is_exactly_single_task(tmp_path):
+  st = _columns_config("single_task")
+  soft = _columns_config("soft", regularizers=[dict(name="l2_to_mean", weight=0.0)])
+  train.train_and_evaluate(st, str(tmp_path / "st"))
+  train.train_and_evaluate(soft, str(tmp_path / "soft"))
+  a, b = _flat(train.final_params(str(tmp_path / "st"))), _flat(train.final_params(str(tmp_path / "soft")))
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_large_weight_pulls_soft_columns_together(workdir):
+  lam = 40.0  # SGD: the deviation from the mean shrinks by |1 - 2*lr*lam| = 0.2 per step
+  c = _columns_config("soft", optimizer=dict(name="sgd", learning_rate=0.01),
+                      regularizers=[dict(name="l2_to_mean", weight=lam)])
+  c.num_train_steps = 15
+  train.train_and_evaluate(c, workdir)
+  final = float(regularizers.l2_to_mean(train.final_params(workdir)))
+  model = build_model(c.model, group_tasks(
+      [TaskSpec("digit", "multiclass", 10), TaskSpec("digit_ge5", "binary")]))
+  init = float(regularizers.l2_to_mean(model.init(jax.random.PRNGKey(0), jnp.ones((1, 40)))["params"]))
+  assert final < 1e-4 * init, (final, init)
+
+
+@pytest.mark.parametrize("sharing", ["mmoe", "omoe"])
+def test_gates_are_softmax_per_example(sharing):
+  model, params = _init(sharing, num_experts=4)
+  _, state = model.apply({"params": params}, X, mutable=["intermediates"])
+  (gates,) = state["intermediates"]["gates"]
+  assert gates.shape == ((3 if sharing == "mmoe" else 1), 5, 4)
+  np.testing.assert_allclose(gates.sum(-1), 1.0, rtol=1e-6)
+  assert np.all(gates > 0)
+
+
+def test_omoe_feeds_every_task_the_same_mixture():
+  """With one gate, tasks differ only in their heads: equal heads give equal outputs."""
+  for sharing, same in (("omoe", True), ("mmoe", False)):
+    model, params = _init(sharing, num_experts=4)
+    params = jax.tree.map(lambda v: v, params)
+    params["heads"]["binary_1"] = jax.tree.map(lambda v: jnp.broadcast_to(v[:1], v.shape),
+                                               params["heads"]["binary_1"])
+    out = model.apply({"params": params}, X)["binary_1"]
+    assert np.allclose(out[0], out[1]) == same, sharing
+
+
+def test_cross_stitch_at_identity_equals_single_task():
+  st_model, st_params = _init("single_task")
+  cs_model, cs_params = _init("cross_stitch", stitch_diagonal=1.0)
+  np.testing.assert_array_equal(cs_params["columns"]["stitch_0"], np.eye(3))
+  params = {"heads": st_params["heads"],
+            "columns": {**st_params["columns"],
+                        **{k: v for k, v in cs_params["columns"].items() if "stitch" in k}}}
+  a = st_model.apply({"params": st_params}, X)
+  b = cs_model.apply({"params": params}, X)
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6)
+  # The default stitch is near identity and keeps the feature scale (rows sum to 1).
+  _, default = _init("cross_stitch")
+  np.testing.assert_allclose(np.diag(default["columns"]["stitch_0"]), 0.9)
+  np.testing.assert_allclose(default["columns"]["stitch_0"].sum(1), 1.0, rtol=1e-6)
+
+
+def test_bad_options_list_the_valid_ones():
+  with pytest.raises(ValueError, match=r"unknown model options \['num_expert'\].*num_experts"):
+    build_model({"sharing": "mmoe", "trunk": TRUNK, "num_expert": 4}, GROUPS)
+  with pytest.raises(KeyError, match="valid names:.*cross_stitch.*mmoe.*omoe.*single_task.*soft"):
+    build_model({"sharing": "mmeo", "trunk": TRUNK}, GROUPS)
+  with pytest.raises(ValueError, match=r"unknown options \['width'\]"):
+    _init("single_task", trunk={"name": "mlp", "width": 3})
+  with pytest.raises(ValueError, match="stitches MLP blocks"):
+    _init("cross_stitch", trunk={"name": "cnn"})
+
+
+def test_count_params_matches_closed_form():
+  groups = group_tasks([TaskSpec("y1", "regression"), TaskSpec("y2", "regression")])
+  x = jnp.ones((1, 100))
+  mmoe = build_model({"sharing": "mmoe", "trunk": {"name": "mlp", "features": (16,)},
+                      "num_experts": 8, "head_hidden": (8,)}, groups)
+  towers = 2 * (16 * 8 + 8 + 8 + 1)
+  assert count_params(mmoe, x) == 8 * (100 * 16 + 16) + 2 * 100 * 8 + towers
+  hard = build_model({"sharing": "hard", "trunk": {"name": "mlp", "features": (113,)},
+                      "head_hidden": (8,)}, groups)
+  assert count_params(hard, x) == 101 * 113 + 2 * (113 * 8 + 8 + 8 + 1)
+
+
+@pytest.mark.parametrize("sharing,extra", [
+    ("mmoe", dict(num_experts=3, head_hidden=(8,))),
+    ("omoe", dict(num_experts=3)),
+    ("cross_stitch", dict(head_hidden=(8,))),
+    ("soft", {}),
+])
+def test_scheme_trains_end_to_end(workdir, sharing, extra):
+  c = _columns_config(sharing)
+  c.model.update(extra)
+  if sharing == "soft":
+    c.regularizers = [dict(name="trace_norm", weight=1e-3)]
+  results = train.train_and_evaluate(c, workdir)
+  assert np.isfinite(results["test"]["digit"]["loss"])
+  assert 0.0 <= results["test"]["digit_ge5"]["accuracy"] <= 1.0
