@@ -18,6 +18,7 @@ DEFAULTS = {
     "progress_bar": True,
     "init_from": None,              # dict(workdir=, step=None, load=".*", skip="heads/.*")
     "transfer": None,               # dict(strategy=, upstream=, ...): see mtl_jax/transfer.py
+    "weighting": None,              # dict(name=loss weighting | aggregator=..., ...): docs/weighting.md
     "regularizers": [],             # [dict(name=, weight=, select=regex, ...)]
 }
 

@@ -4,11 +4,12 @@ Init priority, in one place: a checkpoint in ``workdir`` (resume) >
 ``config.init_from`` (pretrained parameters, partially loaded) > scratch.
 """
 
+import dataclasses
 import json
 import os
 import signal
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import flax
 import jax
@@ -24,6 +25,7 @@ from mtl_jax.data import build_dataset
 from mtl_jax.data.base import ArrayDataset
 from mtl_jax.data.pipeline import TrainIterator, eval_batches
 from mtl_jax.models import build_model, outputs_by_task
+from mtl_jax.weighting.combine import GradientCombiner
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,39 +42,56 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array
+  # State of the loss-weighting method (e.g. uncertainty log-variances); {} for most.
+  weighting: Any = dataclasses.field(default_factory=dict)
 
 
 def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
-                    groups: Sequence[tasks.TaskGroup], trainable, regularizer=None):
+                    groups: Sequence[tasks.TaskGroup], trainable, regularizer=None,
+                    combiner: Optional[GradientCombiner] = None, z_shape=None):
   """Returns the pure step ``(state, batch) -> (state, metrics)``.
 
   ``regularizer`` (optional) maps params to a scalar added to the loss.
+  ``combiner`` turns per-task losses into gradients (mtl_jax/weighting/combine.py;
+  default: the weighted sum). ``z_shape`` is the shape of the model's shared
+  representation, needed by representation-gradient methods.
 
   Frozen leaves (``trainable`` False) pass through ``stop_gradient``: their
   gradient is a symbolic zero, so XLA never computes their backward pass.
   """
   weights = jnp.asarray([s.weight for s in specs], jnp.float32)
 
-  def loss_fn(params, batch, rng):
-    params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
-    outputs = model.apply({"params": params}, batch["inputs"], train=True,
-                          rngs={"dropout": rng})
-    per_task = losses.task_losses(specs, groups, outputs, batch["labels"], batch["mask"])
-    reg = regularizer(params) if regularizer else jnp.zeros((), jnp.float32)
-    return jnp.sum(weights * per_task) + reg, (per_task, reg)
-
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    (total, (per_task, reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, rng)
+    dropout_rng, weighting_rng = jax.random.split(rng)
+    comb = combiner or GradientCombiner(None, len(specs), state.params)
+
+    def loss_terms(params, z):
+      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+      variables = {"params": params}
+      if z is not None:
+        variables["perturbations"] = {"shared_features": z}
+      outputs = model.apply(variables, batch["inputs"], train=True, rngs={"dropout": dropout_rng})
+      per_task = losses.task_losses(specs, groups, outputs, batch["labels"], batch["mask"])
+      reg = regularizer(params) if regularizer else jnp.zeros((), jnp.float32)
+      return per_task, reg
+
+    z0 = jnp.zeros(z_shape, jnp.float32) if z_shape is not None else None
+    grads, info, step_metrics = comb.grads(loss_terms, state.params, weighting_rng, weights,
+                                           state.weighting, z0)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    labelled = jnp.stack([batch["mask"][s.name].sum() for s in specs])
-    step_metrics = {"loss": total, "task_loss": per_task, "labelled": labelled,
-                    "regularizer": reg,
-                    "grad_norm": optax.tree.norm(grads),
-                    "param_norm": optax.tree.norm(params)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    wstate = state.weighting
+    if info is not None:
+      new_losses = None
+      if comb.loss_method.needs_new_losses:
+        new_losses = jax.lax.stop_gradient(loss_terms(params, None)[0] * weights)
+      wstate = comb.update_state(state.weighting, info, state.step, weighting_rng, new_losses)
+    step_metrics.update(
+        labelled=jnp.stack([batch["mask"][s.name].sum() for s in specs]),
+        grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         weighting=wstate), step_metrics
 
   return train_step
 
@@ -123,6 +142,23 @@ def _summarize(pending, specs) -> Dict[str, float]:
     # Average over steps that had labelled examples of this task.
     has = labelled[:, i] > 0
     out[f"train/{s.name}/loss"] = float(task_loss[has, i].mean()) if has.any() else float("nan")
+  # Weighting diagnostics, averaged over the interval: per-task weights and
+  # gradient norms, and pairwise gradient cosines (all pairs up to 8 tasks,
+  # else their min and mean) so that conflict is visible.
+  for key in ("task_weight", "task_grad_norm"):
+    if key in values[0]:
+      mean = np.mean([v[key] for v in values], axis=0)
+      for i, s in enumerate(specs):
+        out[f"train/{s.name}/{key[len('task_'):]}"] = float(mean[i])
+  if "task_grad_cosine" in values[0]:
+    cos = np.mean([v["task_grad_cosine"] for v in values], axis=0)
+    iu = np.triu_indices(len(specs), 1)
+    if len(specs) <= 8:
+      for a, b in zip(*iu):
+        out[f"train/grad_cosine/{specs[a].name}__{specs[b].name}"] = float(cos[a, b])
+    if len(iu[0]):
+      out["train/grad_cosine/min"] = float(cos[iu].min())
+      out["train/grad_cosine/mean"] = float(cos[iu].mean())
   return out
 
 
@@ -137,6 +173,14 @@ def _prepare_data(config, specs):
     tasks.validate_batch(specs, ds.labels, ds.mask)
     splits[split] = ds.select_tasks(names)
   return splits
+
+
+def _shared_feature_shape(model, sample, batch_size: int):
+  """Shape of the representation the model exposes with ``perturb("shared_features")``, or None."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((batch_size,) + sample.shape[1:], sample.dtype))
+  z = shapes.get("perturbations", {}).get("shared_features")
+  return None if z is None else z.shape
 
 
 def _init_from(init_config, params, mesh, verbose: bool):
@@ -193,9 +237,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                                num_steps)
   logging.info("parameter groups:\n%s", "\n".join(group_log))
   trainable = optim.trainable_mask(labels)
+  combiner = GradientCombiner(cfg("weighting"), len(specs), params)
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
                      opt_state=jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params),
-                     rng=state_rng)
+                     rng=state_rng, weighting=combiner.init_state())
   state = jax.device_put(state, parallel.replicated(mesh))
 
   train_iter = TrainIterator(splits["train"], config.batch_size, cfg("seed"),
@@ -210,7 +255,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   step_fn = jax.jit(make_train_step(model=model, tx=tx, specs=specs, groups=groups,
                                     trainable=trainable,
                                     regularizer=regularizers.build_regularizer(
-                                        cfg("regularizers"))),
+                                        cfg("regularizers")),
+                                    combiner=combiner,
+                                    z_shape=_shared_feature_shape(model, sample, config.batch_size)),
                     in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
   eval_fn = jax.jit(make_eval_step(model), in_shardings=(rep, dat), out_shardings=rep)
   writer = metric_writer.MetricWriter(workdir, enabled=is_main)

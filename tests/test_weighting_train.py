@@ -1,0 +1,110 @@
+"""The gradient side of the train step: Jacobian path, loss weightings, logging, end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import tiny_config
+from mtl_jax import losses, train
+from mtl_jax.models import build_model
+from mtl_jax.tasks import TaskSpec, group_tasks
+from mtl_jax.weighting import AGGREGATORS
+from mtl_jax.weighting.combine import GradientCombiner
+
+SPECS = (TaskSpec("a", "binary"), TaskSpec("b", "multiclass", 3), TaskSpec("c", "regression"))
+GROUPS = group_tasks(SPECS)
+RNG = np.random.default_rng(0)
+BATCH = {"inputs": jnp.asarray(RNG.normal(size=(16, 6)), jnp.float32),
+         "labels": {"a": jnp.asarray(RNG.integers(0, 2, 16)), "b": jnp.asarray(RNG.integers(0, 3, 16)),
+                    "c": jnp.asarray(RNG.normal(size=16), jnp.float32)},
+         "mask": {k: jnp.asarray(RNG.random(16) > 0.2) for k in "abc"}}
+MODEL = build_model({"sharing": "hard", "trunk": {"name": "mlp", "features": (8, 8)}}, GROUPS)
+PARAMS = MODEL.init(jax.random.PRNGKey(0), BATCH["inputs"])["params"]
+STATIC = jnp.asarray([1.0, 0.5, 2.0])
+
+
+def loss_terms(params, z=None):
+  out = MODEL.apply({"params": params}, BATCH["inputs"])
+  return losses.task_losses(SPECS, GROUPS, out, BATCH["labels"], BATCH["mask"]), jnp.zeros(())
+
+
+def _flat(tree):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _per_task_grads_loop():
+  """Oracle: one jax.grad per task (a Python loop, fine in a test)."""
+  return [_flat(jax.grad(lambda p, t=t: STATIC[t] * loss_terms(p)[0][t])(PARAMS)) for t in range(3)]
+
+
+def test_equal_weighting_is_the_gradient_of_the_weighted_sum():
+  comb = GradientCombiner(None, 3, PARAMS)
+  grads, info, m = comb.grads(loss_terms, PARAMS, jax.random.PRNGKey(1), STATIC, comb.init_state())
+  want = _flat(jax.grad(lambda p: jnp.sum(STATIC * loss_terms(p)[0]))(PARAMS))
+  for k, v in _flat(grads).items():
+    np.testing.assert_allclose(v, want[k], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m["task_weight"], [1, 1, 1])
+
+
+@pytest.mark.parametrize("name", ["mean", "upgrad", "mgda", "pcgrad"])
+def test_jacobian_path_matches_a_per_task_loop(name):
+  comb = GradientCombiner({"aggregator": name}, 3, PARAMS)
+  grads, _, m = jax.jit(lambda p: comb.grads(loss_terms, p, jax.random.PRNGKey(1), STATIC))(PARAMS)
+  per_task = _per_task_grads_loop()
+  shared = sorted(k for k in per_task[0] if k.startswith("trunk/"))
+  jac = np.stack([np.concatenate([g[k].ravel() for k in shared]) for g in per_task])
+  direction = np.asarray(AGGREGATORS.get(name)()(jnp.asarray(jac), jax.random.PRNGKey(1)))
+  got = _flat(grads)
+  np.testing.assert_allclose(np.concatenate([got[k].ravel() for k in shared]), direction,
+                             rtol=2e-4, atol=1e-6)
+  for k in got:  # heads: each task's own gradient (the sum of the per-task ones)
+    if not k.startswith("trunk/"):
+      np.testing.assert_allclose(got[k], sum(g[k] for g in per_task), rtol=1e-5, atol=1e-7)
+  norms = np.linalg.norm(jac, axis=1)
+  np.testing.assert_allclose(m["task_grad_norm"], norms, rtol=1e-4)
+  np.testing.assert_allclose(m["task_grad_cosine"][0, 1], jac[0] @ jac[1] / norms[0] / norms[1],
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_gradnorm_gets_the_last_shared_layer_norms():
+  comb = GradientCombiner({"name": "gradnorm"}, 3, PARAMS)
+  assert comb.loss_method.layer_regex == "trunk/block_1/.*kernel"
+  _, info, _ = comb.grads(loss_terms, PARAMS, jax.random.PRNGKey(1), STATIC, comb.init_state())
+  per_task = _per_task_grads_loop()
+  want = [np.linalg.norm(g["trunk/block_1/Dense_0/kernel"]) / STATIC[t] for t, g in enumerate(per_task)]
+  np.testing.assert_allclose(info["layer_grad_norms"], want, rtol=1e-4)
+
+
+def test_bad_weighting_configs():
+  with pytest.raises(KeyError, match="unknown aggregator 'upgrade'"):
+    GradientCombiner({"aggregator": "upgrade"}, 3, PARAMS)
+  with pytest.raises(KeyError, match="unknown loss weighting 'uw'"):
+    GradientCombiner({"name": "uw"}, 3, PARAMS)
+  with pytest.raises(ValueError, match="either a loss weighting"):
+    GradientCombiner({"name": "dwa", "aggregator": "mgda"}, 3, PARAMS)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    GradientCombiner({"aggregator": "mgda", "shared": "encoder/.*"}, 3, PARAMS)
+
+
+@pytest.mark.parametrize("weighting", [
+    {"name": "uncertainty"}, {"name": "famo"}, {"name": "gradnorm", "options": {"alpha": 0.12}},
+    {"aggregator": "upgrad"}, {"aggregator": "cagrad"}])
+def test_end_to_end_training_logs_weights_and_conflict(workdir, weighting):
+  c = tiny_config(weighting=weighting)
+  c.num_train_steps = 6
+  c.log_every_steps = 3
+  c.checkpoint_every_steps = 3
+  res = train.train_and_evaluate(c, workdir)
+  assert np.isfinite(res["test"]["digit"]["loss"])
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in l]
+  assert "train/digit/weight" in rows[-1] or "train/digit/grad_norm" in rows[-1]
+  if "aggregator" in weighting:
+    assert -1.0 <= rows[-1]["train/grad_cosine/digit__digit_ge5"] <= 1.0
+  # Resuming restores the weighting state too (a longer run on the same workdir).
+  c.num_train_steps = 8
+  train.train_and_evaluate(c, workdir)
