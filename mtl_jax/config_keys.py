@@ -8,6 +8,7 @@ REQUIRED = ("data", "tasks", "model", "optimizer", "batch_size", "num_train_step
 
 DEFAULTS = {
     "seed": 0,
+    "num_seeds": 1,                 # N replicas (seeds seed..seed+N-1) in one vmapped program
     "param_groups": [(".*", 1.0)],
     "eval_batch_size": 512,
     "log_every_steps": 100,

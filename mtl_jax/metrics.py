@@ -5,7 +5,8 @@ over every labelled example of the split (not averaged over batches), so AUC
 and F1 are exact and padded or missing rows never count.
 """
 
-from typing import Dict
+import math
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -106,3 +107,36 @@ def task_metrics(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray,
         raise KeyError(f"task {spec.name!r}: unknown metric {m!r}")
     result[m] = float(v)
   return result
+
+
+def mean_se(values: Sequence[float]) -> Tuple[float, float, int]:
+  """Mean, standard error of the mean (ddof=1; NaN for one value) and count."""
+  v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+  if len(v) == 0:
+    return float("nan"), float("nan"), 0
+  se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+  return float(v.mean()), se, len(v)
+
+
+LOWER_IS_BETTER = {"loss": True, "mse": True, "mae": True, "accuracy": False, "auc": False,
+                   "macro_f1": False, "explained_variance": False, "r2": False}
+
+
+def delta_m(values: Dict[str, float], baseline: Dict[str, float],
+            metric_of: Dict[str, str]) -> float:
+  """Δm% (Maninis et al. 2019): mean over tasks of the signed relative change vs a baseline.
+
+  ``values``/``baseline`` map task -> metric value, ``metric_of`` task ->
+  metric name (which decides the sign: a drop in loss counts as a gain).
+  Positive means better than the baseline (usually single-task training).
+  """
+  missing = sorted(set(metric_of) - set(values) | set(metric_of) - set(baseline))
+  if missing:
+    raise KeyError(f"delta_m: no value or baseline for tasks {missing}")
+  terms = []
+  for task, metric in metric_of.items():
+    if metric not in LOWER_IS_BETTER:
+      raise KeyError(f"delta_m: unknown direction for metric {metric!r}; known: {sorted(LOWER_IS_BETTER)}")
+    sign = -1.0 if LOWER_IS_BETTER[metric] else 1.0
+    terms.append(sign * (values[task] - baseline[task]) / abs(baseline[task]))
+  return 100.0 * float(np.mean(terms))

@@ -71,9 +71,9 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "batch_size
                      f"devices of the mesh")
 
 
-def shard_batch(local_batch, mesh: Mesh):
+def shard_batch(local_batch, mesh: Mesh, sharding: Optional[NamedSharding] = None):
   """Assembles each process's slice of the batch into global arrays sharded on ``data``."""
-  sharding = data_sharding(mesh)
+  sharding = sharding or data_sharding(mesh)
   if jax.process_count() == 1:  # one transfer for the whole tree: ~2x faster per step
     return jax.device_put(local_batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),

@@ -70,6 +70,12 @@ def merge_params(fresh, loaded: Dict[str, np.ndarray], load: str = ".*",
   return _unflat(out), report
 
 
+def path_mask(tree, paths) -> Any:
+  """A bool tree: True at the leaves whose path is in ``paths``."""
+  wanted = set(paths)
+  return _unflat({k: k in wanted for k in _flat(tree)})
+
+
 def format_report(report: Dict[str, List[str]]) -> str:
   lines = []
   for key in ("loaded", "fresh", "unused"):

@@ -10,7 +10,6 @@ Markdown tables of mean ± standard error over seeds.
 """
 
 import json
-import math
 import os
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -18,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mtl_jax import train
+from mtl_jax.metrics import mean_se  # noqa: F401  (re-exported for studies)
 
 
 def read_results(path: str) -> List[dict]:
@@ -28,34 +28,38 @@ def read_results(path: str) -> List[dict]:
 
 
 def run_grid(study_dir: str, make_config: Callable[[str, int], object],
-             cells: Sequence[str], seeds: Iterable[int], log: Callable[[str], None] = print) -> str:
-  """Runs every (cell, seed) not yet in ``study_dir/results.jsonl``; returns that path."""
+             cells: Sequence[str], seeds: Iterable[int], log: Callable[[str], None] = print,
+             vmap_seeds: bool = False) -> str:
+  """Runs every (cell, seed) not yet in ``study_dir/results.jsonl``; returns that path.
+
+  With ``vmap_seeds`` a cell's missing seeds (which must be consecutive from
+  the first) train as one ``num_seeds`` program; each replica still gets its
+  own row.
+  """
   path = os.path.join(study_dir, "results.jsonl")
   done = {(r["cell"], r["seed"]) for r in read_results(path)}
   seeds = list(seeds)
   for cell in cells:
-    for seed in seeds:
-      if (cell, seed) in done:
-        continue
-      config = make_config(cell, seed)
+    todo = [s for s in seeds if (cell, s) not in done]
+    batches = [todo] if vmap_seeds and todo else [[s] for s in todo]
+    for batch in batches:
+      if batch != list(range(batch[0], batch[0] + len(batch))):
+        raise ValueError(f"vmap_seeds needs consecutive seeds, cell {cell!r} misses {batch}")
+      config = make_config(cell, batch[0])
       config.progress_bar = False
-      workdir = os.path.join(study_dir, "runs", cell.replace("/", "_"), f"seed_{seed}")
+      if len(batch) > 1:
+        config.num_seeds = len(batch)
+      name = f"seed_{batch[0]}" if len(batch) == 1 else f"seeds_{batch[0]}-{batch[-1]}"
+      workdir = os.path.join(study_dir, "runs", cell.replace("/", "_"), name)
       t0 = time.time()
       results = train.train_and_evaluate(config, workdir)
-      row = {"cell": cell, "seed": seed, "seconds": round(time.time() - t0, 2), **results}
+      seconds = round(time.time() - t0, 2)
+      rows = results.pop("replicas", None) or [{"seed": batch[0], **results}]
       with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-      log(f"{cell} seed {seed}: {time.time() - t0:.1f}s")
+        for row in rows:
+          f.write(json.dumps({"cell": cell, "seconds": seconds, **row}) + "\n")
+      log(f"{cell} seeds {batch}: {seconds:.1f}s")
   return path
-
-
-def mean_se(values: Sequence[float]) -> Tuple[float, float, int]:
-  """Mean, standard error of the mean (ddof=1; NaN for one value) and count."""
-  v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-  if len(v) == 0:
-    return float("nan"), float("nan"), 0
-  se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-  return float(v.mean()), se, len(v)
 
 
 def collect(rows: List[dict], split: str, task: str, metric: str) -> Dict[str, List[float]]:

@@ -25,6 +25,8 @@ from mtl_jax.data import build_dataset
 from mtl_jax.data.base import ArrayDataset
 from mtl_jax.data.pipeline import TrainIterator, eval_batches
 from mtl_jax.models import build_model, outputs_by_task
+from mtl_jax.models.sharing import SHARED_PARAMS
+from mtl_jax.replicas import Replicas
 from mtl_jax.weighting.combine import GradientCombiner
 
 
@@ -103,17 +105,22 @@ def make_eval_step(model):
 
 
 def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: int,
-             mesh) -> Dict[str, Dict[str, float]]:
-  """Metrics per task over every labelled example of ``dataset``."""
+             mesh, replicas: Optional[Replicas] = None) -> Dict[str, Dict[str, float]]:
+  """Metrics per task over every labelled example of ``dataset`` (mean over replicas)."""
+  replicas = replicas or Replicas(1, 0)
   chunks = []
   for batch in eval_batches(dataset, batch_size, jax.process_index(), jax.process_count()):
     out = eval_fn(params, parallel.shard_batch(batch["inputs"], mesh))
     chunks.append(parallel.fetch(out))
   n = len(dataset)
-  stacked = {k: np.concatenate([c[k] for c in chunks], axis=1)[:, :n] for k in chunks[0]}
-  per_task = outputs_by_task(groups, stacked)
-  return {s.name: metrics.task_metrics(s, per_task[s.name], dataset.labels[s.name],
-                                       dataset.mask[s.name]) for s in specs}
+  # Outputs are [(replicas,) T_g, batch, n_out]: concatenate and trim the batch axis.
+  stacked = {k: np.concatenate([c[k] for c in chunks], axis=-2)[..., :n, :] for k in chunks[0]}
+  per_replica = []
+  for outputs in replicas.unstack(stacked):
+    per_task = outputs_by_task(groups, outputs)
+    per_replica.append({s.name: metrics.task_metrics(s, per_task[s.name], dataset.labels[s.name],
+                                                     dataset.mask[s.name]) for s in specs})
+  return replicas.aggregate(per_replica), per_replica
 
 
 def _check_finite(pending, specs, checkpointer) -> None:
@@ -122,16 +129,21 @@ def _check_finite(pending, specs, checkpointer) -> None:
     return
   values = jax.device_get([m["task_loss"] for _, m in pending])
   for (step, _), task_loss in zip(pending, values):
-    bad = [s.name for s, v in zip(specs, task_loss) if not np.isfinite(v)]
-    if bad:
+    task_loss = np.asarray(task_loss).reshape(-1, len(specs))  # [replicas, T]
+    bad_rows = np.flatnonzero(~np.isfinite(task_loss).all(1))
+    if len(bad_rows):
+      bad = [s.name for s, v in zip(specs, task_loss[bad_rows[0]]) if not np.isfinite(v)]
+      where = f" (replica {bad_rows[0]})" if len(task_loss) > 1 else ""
       raise NonFiniteLossError(
-          f"non-finite loss in task(s) {bad} at step {step}; training stopped. The last "
+          f"non-finite loss in task(s) {bad} at step {step}{where}; training stopped. The last "
           f"good checkpoint (step {checkpointer.latest_step()}) in {checkpointer.directory} "
           f"is kept. Lower the learning rate or check the data of these tasks.")
 
 
-def _summarize(pending, specs) -> Dict[str, float]:
+def _summarize(pending, specs, replicas: Replicas) -> Dict[str, float]:
   values = jax.device_get([m for _, m in pending])
+  if replicas.stacked:  # report the mean over replicas
+    values = [jax.tree.map(lambda x: np.mean(x, axis=0), v) for v in values]
   out = {"train/loss": float(np.mean([v["loss"] for v in values])),
          "train/grad_norm": float(np.mean([v["grad_norm"] for v in values])),
          "train/param_norm": float(values[-1]["param_norm"]),
@@ -183,15 +195,25 @@ def _shared_feature_shape(model, sample, batch_size: int):
   return None if z is None else z.shape
 
 
-def _init_from(init_config, params, mesh, verbose: bool):
-  """Partially loads pretrained parameters (see mtl_jax/partial_load.py)."""
+def _init_from(init_config, params, mesh, verbose: bool, replicas: Replicas):
+  """Partially loads pretrained parameters (see mtl_jax/partial_load.py).
+
+  With replicas, every replica gets the same pretrained leaves and keeps its
+  own fresh ones.
+  """
   init_config = dict(init_config)
   unknown = sorted(set(init_config) - {"workdir", "step", "load", "skip"})
   if unknown:
     raise ValueError(f"init_from: unknown keys {unknown}; valid: ['workdir', 'step', 'load', 'skip']")
   loaded = partial_load.load_checkpoint_params(init_config["workdir"], init_config.get("step"))
-  params, report = partial_load.merge_params(params, loaded, init_config.get("load", ".*"),
+  fresh = replicas.unstack(params)[0] if replicas.stacked else params
+  merged, report = partial_load.merge_params(fresh, loaded, init_config.get("load", ".*"),
                                              init_config.get("skip"))
+  if replicas.stacked:
+    is_loaded = partial_load.path_mask(merged, report["loaded"])
+    merged = jax.tree.map(lambda m, full, hit: jnp.broadcast_to(m, full.shape) if hit else full,
+                          merged, params, is_loaded)
+  params = merged
   logging.info("init_from %s:\n%s", init_config["workdir"], partial_load.format_report(report))
   if verbose:
     print(f"init_from {init_config['workdir']}: loaded {len(report['loaded'])}, newly "
@@ -225,41 +247,49 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   num_steps = int(config.num_train_steps)
   model = build_model(config.model, groups)
 
-  rng = jax.random.PRNGKey(cfg("seed"))
-  init_rng, state_rng = jax.random.split(rng)
+  replicas = Replicas(int(cfg("num_seeds")), int(cfg("seed")))
   sample = splits["train"].inputs[:1]
-  params = jax.jit(lambda r: model.init(r, sample)["params"],
-                   out_shardings=parallel.replicated(mesh))(init_rng)
+
+  def init(key):
+    init_rng, state_rng = jax.random.split(key)
+    return model.init(init_rng, sample)["params"], state_rng
+
+  params, state_rng = jax.jit(replicas.vmap(init), out_shardings=parallel.replicated(mesh))(
+      replicas.keys())
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   if cfg("init_from") and checkpointer.latest_step() is None:
-    params = _init_from(cfg("init_from"), params, mesh, is_main)
-  tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"), params,
-                                               num_steps)
+    params = _init_from(cfg("init_from"), params, mesh, is_main, replicas)
+  one_replica = replicas.unstack(params)[0] if replicas.stacked else params
+  tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"),
+                                               one_replica, num_steps)
   logging.info("parameter groups:\n%s", "\n".join(group_log))
   trainable = optim.trainable_mask(labels)
-  combiner = GradientCombiner(cfg("weighting"), len(specs), params)
-  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                     opt_state=jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params),
-                     rng=state_rng, weighting=combiner.init_state())
+  combiner = GradientCombiner(cfg("weighting"), len(specs), one_replica,
+                              SHARED_PARAMS.get(config.model.get("sharing", "hard"), "trunk/.*"))
+  state = TrainState(
+      step=replicas.broadcast(jnp.asarray(0, jnp.int32)), params=params,
+      opt_state=jax.jit(replicas.vmap(tx.init), out_shardings=parallel.replicated(mesh))(params),
+      rng=state_rng, weighting=replicas.broadcast(combiner.init_state()))
   state = jax.device_put(state, parallel.replicated(mesh))
 
-  train_iter = TrainIterator(splits["train"], config.batch_size, cfg("seed"),
-                             jax.process_index(), jax.process_count())
+  train_iters = replicas.iterators(splits["train"], config.batch_size)
   if checkpointer.latest_step() is not None:
     state, data_state = checkpointer.restore(state)
-    train_iter.set_state(data_state)
-    logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
-  start = int(state.step)
+    replicas.set_data_state(train_iters, data_state)
+    logging.info("resumed from step %d in %s", replicas.step(state), checkpointer.directory)
+  start = replicas.step(state)
 
   rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step_fn = jax.jit(make_train_step(model=model, tx=tx, specs=specs, groups=groups,
+  step_fn = jax.jit(replicas.vmap(make_train_step(model=model, tx=tx, specs=specs, groups=groups,
                                     trainable=trainable,
                                     regularizer=regularizers.build_regularizer(
                                         cfg("regularizers")),
                                     combiner=combiner,
-                                    z_shape=_shared_feature_shape(model, sample, config.batch_size)),
-                    in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
-  eval_fn = jax.jit(make_eval_step(model), in_shardings=(rep, dat), out_shardings=rep)
+                                    z_shape=_shared_feature_shape(model, sample, config.batch_size))),
+                    in_shardings=(rep, replicas.batch_sharding(mesh)), out_shardings=(rep, rep),
+                    donate_argnums=0)
+  eval_fn = jax.jit(replicas.vmap(make_eval_step(model), in_axes=(0, None)),
+                    in_shardings=(rep, dat), out_shardings=rep)
   writer = metric_writer.MetricWriter(workdir, enabled=is_main)
   bar = metric_writer.progress_bar(num_steps, start, enabled=is_main and cfg("progress_bar"))
 
@@ -276,7 +306,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   pending, t0 = [], time.perf_counter()
   try:
     for step in range(start, num_steps):
-      batch = parallel.shard_batch(next(train_iter), mesh)
+      batch = replicas.next_batch(train_iters, mesh)
       state, step_metrics = step_fn(state, batch)
       pending.append((step, step_metrics))
       done = step + 1
@@ -284,28 +314,29 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       last = done == num_steps
       if every(cfg("log_every_steps"), done) or last or preempted:
         _check_finite(pending, specs, checkpointer)
-        summary = _summarize(pending, specs)
+        summary = _summarize(pending, specs, replicas)
         summary["train/steps_per_sec"] = len(pending) / (time.perf_counter() - t0)
         writer.write(done, summary)
         bar.set_postfix(loss=f"{summary['train/loss']:.4f}")
         pending, t0 = [], time.perf_counter()
       if every(cfg("eval_every_steps"), done) and not last:
-        res = evaluate(eval_fn, state.params, splits["validation"], specs, groups,
-                       cfg("eval_batch_size"), mesh)
+        res, _ = evaluate(eval_fn, state.params, splits["validation"], specs, groups,
+                          cfg("eval_batch_size"), mesh, replicas)
         writer.write(done, {f"validation/{t}/{m}": v for t, r in res.items() for m, v in r.items()})
       if every(cfg("checkpoint_every_steps"), done) or last or preempted:
         _check_finite(pending, specs, checkpointer)
-        checkpointer.save(done, state, train_iter.get_state(), force=bool(preempted))
+        checkpointer.save(done, state, replicas.data_state(train_iters), force=bool(preempted))
       if preempted:
         checkpointer.wait()
         raise TrainingPreempted(f"SIGTERM at step {done}: checkpoint saved in "
                                 f"{checkpointer.directory}; rerun the same command to resume")
     checkpointer.wait()
-    results = {}
+    results, per_replica = {}, {}
     for split in ("validation", "test"):
       if split in splits:
-        results[split] = evaluate(eval_fn, state.params, splits[split], specs, groups,
-                                  cfg("eval_batch_size"), mesh)
+        results[split], per_replica[split] = evaluate(
+            eval_fn, state.params, splits[split], specs, groups, cfg("eval_batch_size"), mesh,
+            replicas)
     writer.write(num_steps, {f"{split}/{t}/{m}": v for split, r in results.items()
                              for t, mm in r.items() for m, v in mm.items()})
   finally:
@@ -315,11 +346,15 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
 
+  if replicas.stacked:
+    results["replicas"] = [{"seed": seed, **{split: per_replica[split][r] for split in per_replica}}
+                           for r, seed in enumerate(replicas.seeds)]
   results = metric_writer.to_jsonable(results)
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    print(metric_writer.results_table(results), flush=True)
+    print(metric_writer.results_table({k: v for k, v in results.items() if k != "replicas"}),
+          flush=True)
   return results
 
 

@@ -73,3 +73,12 @@ def test_all_masked_metrics_are_nan_with_zero_count():
   spec = TaskSpec("t", "binary")
   r = metrics.task_metrics(spec, np.zeros((4, 1)), np.zeros(4), np.zeros(4, bool))
   assert r["count"] == 0 and np.isnan(r["accuracy"])
+
+
+def test_delta_m_by_hand():
+  # accuracy 0.9 -> 0.99 is +10%; mse 2.0 -> 1.0 is a 50% drop = +50% (lower is better).
+  v = metrics.delta_m({"a": 0.99, "b": 1.0}, {"a": 0.9, "b": 2.0}, {"a": "accuracy", "b": "mse"})
+  assert v == pytest.approx((10.0 + 50.0) / 2)
+  assert metrics.delta_m({"a": 0.9}, {"a": 0.9}, {"a": "accuracy"}) == 0.0
+  with pytest.raises(KeyError, match="no value or baseline"):
+    metrics.delta_m({}, {"a": 1.0}, {"a": "mse"})

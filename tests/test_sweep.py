@@ -36,3 +36,21 @@ def test_run_grid_runs_each_pair_once(tmp_path):
   assert len(rows) == 6
   md = sweep.table(rows, "test", "digit", "accuracy", scale=100)
   assert md.count("\n") == 3 and "| narrow |" in md and "| 3 |" in md
+
+
+def test_run_grid_vmaps_seeds_into_one_program(tmp_path):
+  calls = []
+
+  def make_config(cell, seed):
+    calls.append((cell, seed))
+    c = tiny_config(seed=seed)
+    c.num_train_steps = 2
+    c.checkpoint_every_steps = 0
+    return c
+
+  path = sweep.run_grid(str(tmp_path), make_config, ["a"], [0, 1, 2], log=lambda s: None,
+                        vmap_seeds=True)
+  assert calls == [("a", 0)]
+  rows = sweep.read_results(path)
+  assert [r["seed"] for r in rows] == [0, 1, 2]
+  assert all("digit" in r["test"] for r in rows)

@@ -108,3 +108,33 @@ def test_end_to_end_training_logs_weights_and_conflict(workdir, weighting):
   # Resuming restores the weighting state too (a longer run on the same workdir).
   c.num_train_steps = 8
   train.train_and_evaluate(c, workdir)
+
+
+def test_representation_mode_weights_one_backward_pass(workdir):
+  """MGDA-UB: weights from the Gramian of d L_t / d z (z = trunk output)."""
+  model = MODEL
+  z_shape = jax.eval_shape(model.init, jax.random.PRNGKey(0), BATCH["inputs"])[
+      "perturbations"]["shared_features"].shape
+
+  def terms(params, z):
+    variables = {"params": params}
+    if z is not None:
+      variables["perturbations"] = {"shared_features": z}
+    out = model.apply(variables, BATCH["inputs"])
+    return losses.task_losses(SPECS, GROUPS, out, BATCH["labels"], BATCH["mask"]), jnp.zeros(())
+
+  comb = GradientCombiner({"aggregator": "mgda", "mode": "representation"}, 3, PARAMS)
+  grads, _, m = comb.grads(terms, PARAMS, jax.random.PRNGKey(1), STATIC, None,
+                           jnp.zeros(z_shape))
+  # Oracle: the representation Jacobian by a loop, MGDA weights, one weighted gradient.
+  z0 = jnp.zeros(z_shape)
+  zjac = np.stack([np.asarray(jax.grad(lambda z, t=t: STATIC[t] * terms(PARAMS, z)[0][t])(z0)).ravel()
+                   for t in range(3)])
+  w = np.asarray(AGGREGATORS.get("mgda")().weights(jnp.asarray(zjac @ zjac.T)))
+  np.testing.assert_allclose(m["task_weight"], w, rtol=1e-4, atol=1e-6)
+  want = _flat(jax.grad(lambda p: jnp.sum(w * STATIC * terms(p, None)[0]))(PARAMS))
+  for k, v in _flat(grads).items():
+    np.testing.assert_allclose(v, want[k], rtol=1e-4, atol=1e-6)
+  c = tiny_config(weighting={"aggregator": "mgda", "mode": "representation"})
+  c.num_train_steps = 3
+  train.train_and_evaluate(c, workdir)

@@ -18,6 +18,14 @@ from mtl_jax.tasks import TaskGroup
 
 SHARING = Registry("sharing scheme")
 
+# Per scheme, the parameters that gradient-combining methods treat as shared
+# (``config.weighting.shared``). single_task/soft columns are per task (each
+# task's Jacobian row is zero outside its own column); they are listed so a
+# Jacobian method has rows to work on and coupled soft columns are included.
+SHARED_PARAMS = {"hard": "trunk/.*", "single_task": "columns/.*", "soft": "columns/.*",
+                 "mmoe": "experts/.*|gate", "omoe": "experts/.*|gate",
+                 "cross_stitch": "columns/.*"}
+
 
 @SHARING.register("hard")
 class HardSharing(nn.Module):
@@ -29,6 +37,9 @@ class HardSharing(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
+    # A zero "perturbation" that representation-gradient methods (MGDA-UB)
+    # differentiate; a no-op unless the caller passes that collection.
+    features = self.perturb("shared_features", features)
     return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
 
 
@@ -59,7 +70,8 @@ class SoftSharing(SingleTask):
   Parameters are identical to single_task (``columns/...`` with a leading
   task axis); the coupling is a config regularizer on them, e.g.
   ``dict(name="l2_to_mean", weight=lam, select="columns/.*")`` or
-  ``trace_norm``. lam=0 reproduces single_task exactly; large lam
+  ``trace_norm``. lam=0 reproduces single_task (to float rounding: the
+  zero-weighted term changes XLA's fusion; see docs/sharing.md); large lam
   approaches hard sharing.
   """
 

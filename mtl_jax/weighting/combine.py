@@ -85,7 +85,7 @@ def last_shared_kernel(params) -> str:
 class GradientCombiner:
   """Built from ``config.weighting``; ``grads(...)`` is called inside the jitted step."""
 
-  def __init__(self, weighting_config, num_tasks: int, params):
+  def __init__(self, weighting_config, num_tasks: int, params, default_shared: str = "trunk/.*"):
     cfg = dict(weighting_config or {})
     unknown = sorted(set(cfg) - set(OPTIONS))
     if unknown:
@@ -109,10 +109,11 @@ class GradientCombiner:
       if cls.needs_layer_grad_norms and "layer_regex" not in options:
         options["layer_regex"] = last_shared_kernel(params)
       self.loss_method = cls(num_tasks=num_tasks, **options)
-    self.shared_mask = _mask(params, cfg.get("shared", "trunk/.*"))
-    if not any(jax.tree.leaves(self.shared_mask)):
-      raise ValueError(f"weighting.shared {cfg.get('shared', 'trunk/.*')!r} matches no parameter")
+    self.shared_mask = _mask(params, cfg.get("shared", default_shared))
     self.log_task_gradients = bool(cfg.get("log_task_gradients", self.aggregator is not None))
+    if (self.aggregator is not None or self.log_task_gradients) and not any(
+        jax.tree.leaves(self.shared_mask)):
+      raise ValueError(f"weighting.shared {cfg.get('shared', default_shared)!r} matches no parameter")
     self.layer_mask = None
     if self.loss_method.needs_layer_grad_norms:
       self.layer_mask = _mask(params, self.loss_method.layer_regex)
