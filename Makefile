@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench clean
 
@@ -10,8 +11,15 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+# Tests also need the torchjd oracle. torch is pinned and installed first, on
+# its own, so nothing can pull an unpinned (multi-GB CUDA) build.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,oracle]"
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	rm -rf /tmp/mtl_jax_demo
@@ -22,10 +30,10 @@ demo: $(STAMP)
 JAX_CACHE_ENV := JAX_COMPILATION_CACHE_DIR=$(HOME)/.cache/mtl_jax/xla \
 	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(JAX_CACHE_ENV) $(PY) -m pytest -n 2 --dist loadfile -q tests
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) benchmarks/many_tasks_step_time.py
 	$(PY) benchmarks/frozen_trunk_step_time.py
 

@@ -51,8 +51,6 @@ def require_rng(rng: Optional[jax.Array], name: str) -> jax.Array:
 class Aggregator:
   """Callable `(jacobian [T, P], rng) -> direction [P]`; pure, so `jax.jit(agg)` works."""
 
-  name = "aggregator"
-
   def __call__(self, jacobian: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
     raise NotImplementedError
 
@@ -62,7 +60,8 @@ class Aggregator:
 
 
 class GramianWeighted(Aggregator):
-  """Aggregator whose weights depend on G = J Jᵀ only; `weights(G, rng)` is public for autogram-style use."""
+  """Aggregator whose weights depend on G = J Jᵀ only; `weights(G, rng)` is public, so a
+  train step that gets G another way (e.g. from a smaller representation) can reuse it."""
 
   def weights(self, gram: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
     raise NotImplementedError

@@ -5,7 +5,7 @@ weights w minimising g_wᵀ g0 + φ ||g_w|| (g_w = Jᵀw); the direction is
 g0 + (φ / ||g_w||) g_w, and 0 when ||g_w|| < norm_eps (as torchjd.CAGrad).
 
 Solver: writing φ||g|| = min_τ φ(||g||²/2τ + τ/2), the inner problem at fixed
-τ is a simplex QP (`active_set_qp`, with ridge 1e-5·I so rank-deficient G
+τ is a simplex QP (`active_set_qp`, with ridge 1e-6·I so rank-deficient G
 stays solvable), and the optimal τ is the root of ||g_w(τ)|| = τ, found by
 32 bisection steps on log τ in [1e-6, 1] (||g_w|| <= 1 after normalising).
 """
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, normalize
 from mtl_jax.weighting.qp import active_set_qp
 
-_RIDGE = 1e-5
+_RIDGE = 1e-6
 _BISECTIONS = 32
 
 

@@ -3,7 +3,9 @@
 Direction: the unit vector whose cosine with every unit row is equal
 (pinv of the normalised rows applied to the preference, default all ones),
 scaled by the sum of the rows' projections on it. As torchjd.ConFIG, computed
-here through the Gramian: pinv(U) = Uᵀ (U Uᵀ)⁺.
+here through the Gramian: pinv(U) = Uᵀ (U Uᵀ)⁺. The cutoff T·eps then applies to
+squared singular values, so float32 resolves singular values of U down to
+~1e-3 σ_max (torchjd's SVD: ~1e-6); the two differ only for nearly dependent rows.
 """
 
 import jax.numpy as jnp
@@ -24,7 +26,9 @@ class ConFIG(GramianWeighted):
         self.pref_vector, gram.dtype)
     norms = jnp.sqrt(jnp.clip(jnp.diagonal(gram), 0.0))
     inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
-    c = inv * (jnp.linalg.pinv(gram * inv[:, None] * inv[None, :], hermitian=True) @ pref)
+    units = gram * inv[:, None] * inv[None, :]
+    rtol = t * jnp.finfo(gram.dtype).eps  # on eigenvalues of U Uᵀ, i.e. squared singular values
+    c = inv * (jnp.linalg.pinv(units, rtol=rtol, hermitian=True) @ pref)
     best_sq = c @ gram @ c  # ||J^T c||^2; J^T c is the best direction
     norm = jnp.maximum(jnp.sqrt(jnp.clip(best_sq, 0.0)), 1e-12)
     length = jnp.sum(gram @ c) / norm

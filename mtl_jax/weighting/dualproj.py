@@ -10,7 +10,7 @@ from mtl_jax.weighting.qp import dual_cone_weights
 
 @AGGREGATORS.register("dualproj")
 class DualProj(GramianWeighted):
-  """Options: pref_vector (default 1/T), norm_eps, reg_eps (torchjd's 1e-4), qp_iters (default 4T+8)."""
+  """Options: pref_vector (1/T), norm_eps, reg_eps (torchjd's 1e-4), qp_iters (3T+8)."""
 
   def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, qp_iters=None):
     self.pref_vector = None if pref_vector is None else tuple(pref_vector)

@@ -26,7 +26,7 @@ def graddrop_from_uniform(jacobian: jax.Array, uniform: jax.Array, f=None, leak=
 
 @AGGREGATORS.register("graddrop")
 class GradDrop(Aggregator):
-  """Options: f (monotone map of the purity, default identity), leak (T values in [0, 1]). Random."""
+  """Options: f (monotone map of the purity; identity), leak (T values in [0, 1]). Random."""
 
   def __init__(self, f=None, leak=None):
     self.f = f

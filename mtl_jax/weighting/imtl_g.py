@@ -15,6 +15,8 @@ from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
 class IMTLG(GramianWeighted):
 
   def weights(self, gram, rng=None):
-    v = jnp.linalg.pinv(gram, hermitian=True) @ jnp.sqrt(jnp.clip(jnp.diagonal(gram), 0.0))
+    rtol = gram.shape[0] * jnp.finfo(gram.dtype).eps  # torch.linalg.pinv's default cutoff
+    v = jnp.linalg.pinv(gram, rtol=rtol, hermitian=True) @ jnp.sqrt(
+        jnp.clip(jnp.diagonal(gram), 0.0))
     s = jnp.sum(v)
     return jnp.where(jnp.abs(s) < 1e-12, 0.0, v / jnp.where(s == 0, 1.0, s))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
+from mtl_jax.weighting.qp import spd_solve
 
 
 def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
@@ -28,7 +29,7 @@ def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
   def newton(_, a):
     grad = g @ a - 1.0 / a
     h = g + jnp.diag(1.0 / (a * a))
-    step = -jnp.linalg.solve(h, grad)
+    step = -spd_solve(h, grad)
     dec = jnp.sqrt(jnp.clip(-grad @ step, 0.0))
     return a + step / (1.0 + dec)
 

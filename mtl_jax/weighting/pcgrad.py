@@ -35,6 +35,5 @@ class PCGrad(GramianWeighted):
 
   def weights(self, gram, rng=None):
     t = gram.shape[0]
-    keys = jax.random.split(require_rng(rng, "pcgrad"), t)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, t))(keys)
-    return pcgrad_weights(gram, perms)
+    u = jax.random.uniform(require_rng(rng, "pcgrad"), (t, t))
+    return pcgrad_weights(gram, jnp.argsort(u, axis=1))  # one uniform permutation per task
