@@ -36,6 +36,8 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/many_tasks_step_time.py
 	$(PY) benchmarks/frozen_trunk_step_time.py
+	$(PY) benchmarks/cached_probe_epoch_time.py
+	$(PY) benchmarks/weighting_step_time.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -226,3 +226,72 @@ def ratio(a: float, b: float) -> float:
 def paired_ratio(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
   """Median of per-repeat ratios a_i / b_i (the repeats were taken side by side)."""
   return float(statistics.median([a / b for a, b in zip(samples_a, samples_b)]))
+
+
+# ------------------------------------------------------------ weighting, memory
+
+
+def shared_feature_shape(model, input_shape: Sequence[int], batch_size: int):
+  """Shape of the representation ``model`` exposes with ``perturb("shared_features")``
+  (as train.py finds it), or None when it exposes none."""
+  sample = jnp.zeros((batch_size,) + tuple(input_shape), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), sample)
+  z = shapes.get("perturbations", {}).get("shared_features")
+  return None if z is None else tuple(z.shape)
+
+
+def with_weighting(built: Built, weighting, combiner_cls=None) -> Built:
+  """A copy of ``built`` whose step combines the task losses per ``weighting`` (a
+  ``config.weighting`` dict; None: equal weights), built as train.py builds it.
+
+  ``combiner_cls`` (default ``GradientCombiner``) swaps in a variant with the same
+  constructor. The copy has ``.combiner`` and ``.z_shape`` set.
+  """
+  from mtl_jax.weighting.combine import GradientCombiner
+  combiner = (combiner_cls or GradientCombiner)(weighting, len(built.specs), built.state.params)
+  z_shape = shared_feature_shape(built.model, built.input_shape, built.batch_size)
+  step_fn = make_train_step(model=built.model, tx=built.tx, specs=built.specs,
+                            groups=built.groups, trainable=built.trainable, combiner=combiner,
+                            z_shape=z_shape)
+  out = Built(built.specs, built.groups, built.model, built.tx, built.labels, built.trainable,
+              built.state.replace(weighting=combiner.init_state()), step_fn, built.input_shape,
+              built.batch_size)
+  out.combiner, out.z_shape = combiner, z_shape
+  return out
+
+
+def memory_stats(compiled) -> Dict[str, int]:
+  """XLA's buffer assignment of a compiled program (bytes): temp, argument, output,
+  alias, ``total`` = argument + output - alias + temp (everything live at once, an
+  upper bound of the peak) and ``peak`` as the backend reports it (0 if it does not;
+  on CPU it is not the sum above, so compare ``temp``/``total``)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 -- optional diagnostics
+    return {}
+  if m is None:
+    return {}
+  out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("temp", "argument", "output", "alias")}
+  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out["peak"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+  return out
+
+
+def time_interleaved_each(runners: Mapping[str, Any], repeats: int, counts: Mapping[str, int],
+                          warmup: int = 1) -> Dict[str, Dict[str, float]]:
+  """``time_interleaved`` with a count per runner: each repeat calls
+  ``runners[name].run(counts[name])`` (seconds per unit) for every name, round-robin in
+  an order rotated per repeat. Returns per name the median and min ms per unit and
+  every sample."""
+  names = list(runners)
+  if not names:
+    return {}
+  for name in names:
+    if warmup:
+      runners[name].run(warmup)
+  samples: Dict[str, List[float]] = {n: [] for n in names}
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      samples[name].append(runners[name].run(counts[name]) * 1e3)
+  return {n: {"median_ms": statistics.median(s), "min_ms": min(s),
+              "samples_ms": [round(x, 4) for x in s]} for n, s in samples.items()}

@@ -79,8 +79,12 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
       return per_task, reg
 
     z0 = jnp.zeros(z_shape, jnp.float32) if z_shape is not None else None
+    reg_grad = None
+    if regularizer:
+      reg_grad = jax.grad(lambda p: regularizer(
+          jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), p, trainable)))
     grads, info, step_metrics = comb.grads(loss_terms, state.params, weighting_rng, weights,
-                                           state.weighting, z0)
+                                           state.weighting, z0, reg_grad)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     wstate = state.weighting

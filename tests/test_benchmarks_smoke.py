@@ -15,12 +15,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
-SCRIPTS = ("many_tasks_step_time", "frozen_trunk_step_time")
+# Script -> extra arguments (after --quick --repeats 2).
+SCRIPTS = {"many_tasks_step_time": ("--steps", "1"), "frozen_trunk_step_time": ("--steps", "1"),
+           "weighting_step_time": ("--steps", "1"), "cached_probe_epoch_time": ()}
 
 
 @pytest.fixture(scope="module")
 def outputs():
-  """Runs both scripts at once (they are mostly compile time) and collects their output."""
+  """Runs the scripts at once (they are mostly compile time) and collects their output."""
   env = dict(os.environ)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   # Plumbing only: the CPU backend with cheap XLA codegen keeps compile time (most of a
@@ -29,10 +31,9 @@ def outputs():
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
                       " --xla_llvm_disable_expensive_passes=true").strip()
   procs = {name: subprocess.Popen(
-      [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--repeats", "2",
-       "--steps", "1"],
+      [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--repeats", "2", *extra],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for name in SCRIPTS}
+      for name, extra in SCRIPTS.items()}
   results = {}
   for name, proc in procs.items():
     try:
@@ -87,3 +88,46 @@ def test_frozen_trunk_json(outputs):
   # Freezing really leaves only the heads trainable.
   cost = res["xla_cost"]
   assert cost["frozen"]["trainable_params"] < cost["full"]["trainable_params"]
+
+
+def test_weighting_json(outputs):
+  res = _parse(outputs, "weighting_step_time")
+  for key in ("benchmark", "config", "num_tasks", "methods", "step_time_ms", "ratio_vs_ew",
+              "ratio_vs_loop", "memory_bytes", "targets", "target_met", "skipped", "compile_s"):
+    assert key in res, key
+  assert res["benchmark"] == "weighting_step_time"
+  t = str(res["num_tasks"][0])
+  times, skipped = res["step_time_ms"][t], res["skipped"][t]
+  for name in ("ew", "jacobian/mgda", "loop/mgda"):
+    assert _positive(times[name]), (name, times)
+  # Representation mode needs the model's shared features: timed, or null with a reason.
+  rep = times["representation/mgda"]
+  assert _positive(rep) or (rep is None and skipped["representation/mgda"]), (rep, skipped)
+  assert _positive(res["ratio_vs_loop"][t]["jacobian/mgda"])
+  assert all(_positive(v) for n, v in res["ratio_vs_ew"][t].items() if n not in skipped)
+  # The Jacobian path holds a T x P matrix that the weighted sum never builds.
+  mem = res["memory_bytes"][t]
+  assert mem["jacobian/mgda"]["temp"] > mem["ew"]["temp"] > 0, mem
+  for target in res["targets"].values():
+    assert target["met"] in (True, False, None), target
+  assert res["target_met"] in (True, False, None)
+
+
+def test_cached_probe_json(outputs):
+  res = _parse(outputs, "cached_probe_epoch_time")
+  for key in ("benchmark", "config", "epoch_time_ms", "step_time_ms", "cache",
+              "ratio_linear_over_cached", "ratio_frozen_over_full", "targets", "target_met"):
+    assert key in res, key
+  assert res["benchmark"] == "cached_probe_epoch_time"
+  names = {"full_finetune", "linear_probe", "cached_probe"}
+  assert set(res["epoch_time_ms"]) == names == set(res["compile_s"])
+  assert all(_positive(v) for v in res["epoch_time_ms"].values()), res["epoch_time_ms"]
+  cache = res["cache"]
+  assert _positive(cache["feature_extraction_s"])
+  assert cache["feature_shape"][0] == res["config"]["num_examples"]
+  assert _positive(res["ratio_linear_over_cached"]) and _positive(res["ratio_frozen_over_full"])
+  assert isinstance(res["target_met"], bool)
+  # Both probes train the same heads; the cached one has no trunk at all.
+  cost = res["xla_cost"]
+  assert (cost["cached_probe"]["params"] == cost["cached_probe"]["trainable_params"]
+          == cost["linear_probe"]["trainable_params"] < cost["full_finetune"]["trainable_params"])

@@ -138,3 +138,19 @@ def test_representation_mode_weights_one_backward_pass(workdir):
   c = tiny_config(weighting={"aggregator": "mgda", "mode": "representation"})
   c.num_train_steps = 3
   train.train_and_evaluate(c, workdir)
+
+
+def test_jacobian_path_adds_the_regularizer_gradient():
+  from mtl_jax import regularizers
+  reg = regularizers.build_regularizer([dict(name="l2", weight=0.1, select="trunk/.*")])
+
+  def terms(params, z=None):
+    per_task, _ = loss_terms(params)
+    return per_task, reg(params)
+
+  comb = GradientCombiner({"aggregator": "mean"}, 3, PARAMS)
+  with_reg, _, _ = comb.grads(terms, PARAMS, jax.random.PRNGKey(1), STATIC, reg_grad=jax.grad(reg))
+  without, _, _ = comb.grads(loss_terms, PARAMS, jax.random.PRNGKey(1), STATIC)
+  k = "trunk/block_0/Dense_0/kernel"
+  np.testing.assert_allclose(_flat(with_reg)[k] - _flat(without)[k], 0.2 * _flat(PARAMS)[k],
+                             rtol=1e-4, atol=1e-6)
