@@ -276,3 +276,17 @@ def test_scheme_trains_end_to_end(workdir, sharing, extra):
   results = train.train_and_evaluate(c, workdir)
   assert np.isfinite(results["test"]["digit"]["loss"])
   assert 0.0 <= results["test"]["digit_ge5"]["accuracy"] <= 1.0
+
+
+def test_pooled_gives_every_task_of_a_group_the_same_output():
+  from mtl_jax.models import build_model
+  from mtl_jax.tasks import TaskSpec, group_tasks
+  specs = (TaskSpec("a", "regression"), TaskSpec("b", "regression"), TaskSpec("c", "binary"))
+  groups = group_tasks(specs)
+  model = build_model({"sharing": "pooled", "trunk": {"name": "mlp", "features": (8,)}}, groups)
+  x = jnp.ones((4, 5))
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  assert sorted(params) == ["head_binary_1", "head_regression_1", "trunk"]
+  out = model.apply({"params": params}, x)
+  assert out["regression_1"].shape == (2, 4, 1)
+  np.testing.assert_array_equal(out["regression_1"][0], out["regression_1"][1])

@@ -22,7 +22,7 @@ SHARING = Registry("sharing scheme")
 # (``config.weighting.shared``). single_task/soft columns are per task (each
 # task's Jacobian row is zero outside its own column); they are listed so a
 # Jacobian method has rows to work on and coupled soft columns are included.
-SHARED_PARAMS = {"hard": "trunk/.*", "single_task": "columns/.*", "soft": "columns/.*",
+SHARED_PARAMS = {"hard": "trunk/.*", "pooled": "trunk/.*|head_.*", "single_task": "columns/.*", "soft": "columns/.*",
                  "mmoe": "experts/.*|gate", "omoe": "experts/.*|gate",
                  "cross_stitch": "columns/.*"}
 
@@ -41,6 +41,41 @@ class HardSharing(nn.Module):
     # differentiate; a no-op unless the caller passes that collection.
     features = self.perturb("shared_features", features)
     return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
+
+
+@SHARING.register("pooled")
+class Pooled(nn.Module):
+  """All tasks pooled into one: one trunk and ONE head per task group.
+
+  Every task of a group reads the same output, so training is one model on
+  the union of the tasks' labelled examples (the "pooled" baseline of the
+  School studies). Losses and metrics stay per task (masked), so results
+  compare directly with the other schemes. Head paths:
+  ``head_<group>/Dense_i/...`` without a task axis.
+  """
+  trunk: Dict[str, Any]
+  groups: Sequence[TaskGroup]
+  head_hidden: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+    features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
+    out = {}
+    for g in self.groups:
+      y = _PooledHead(g.num_outputs, tuple(self.head_hidden), name=f"head_{g.key}")(features)
+      out[g.key] = jnp.broadcast_to(y[None], (len(g.names),) + y.shape)
+    return out
+
+
+class _PooledHead(nn.Module):
+  num_outputs: int
+  hidden: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, x):
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(self.num_outputs)(x)
 
 
 @SHARING.register("single_task")
