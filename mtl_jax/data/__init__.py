@@ -4,3 +4,8 @@ from mtl_jax.data.base import DATASETS, ArrayDataset, DataSplits, build_dataset,
 from mtl_jax.data import synthetic  # noqa: F401  (registers datasets)
 from mtl_jax.data import mnist1d_tasks  # noqa: F401
 from mtl_jax.data import tfds_source  # noqa: F401
+from mtl_jax.data import gradnorm_toy  # noqa: F401
+from mtl_jax.data import multimnist  # noqa: F401
+from mtl_jax.data import many_tasks  # noqa: F401
+from mtl_jax.data import multilabel_synthetic  # noqa: F401
+from mtl_jax.data import related_regression  # noqa: F401

@@ -7,6 +7,7 @@ import flax.linen as nn
 from mtl_jax.models.heads import outputs_by_task  # noqa: F401
 from mtl_jax.models.sharing import SHARING
 from mtl_jax.models.trunks import TRUNKS  # noqa: F401
+from mtl_jax.models import lenet  # noqa: F401  (registers the lenet trunk)
 from mtl_jax.tasks import TaskGroup
 
 
