@@ -10,7 +10,8 @@ from mtl_jax.registry import Registry
 
 TRUNKS = Registry("trunk")
 
-ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu}
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu,
+               "linear": lambda x: x}  # linear: low-rank linear shared trunks
 
 
 def activation(name: str):
