@@ -65,8 +65,8 @@ class LoopCombiner(GradientCombiner):
 
   recompute_forward = True
 
-  def grads(self, loss_terms, params, rng, static_weights, wstate=None, z0=None):
-    del wstate, z0
+  def grads(self, loss_terms, params, rng, static_weights, wstate=None, z0=None, reg_grad=None):
+    del wstate, z0, reg_grad
 
     def weighted(p):
       per_task, reg = loss_terms(p, None)
