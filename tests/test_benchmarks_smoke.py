@@ -17,7 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 # Script -> extra arguments (after --quick --repeats 2).
 SCRIPTS = {"many_tasks_step_time": ("--steps", "1"), "frozen_trunk_step_time": ("--steps", "1"),
-           "weighting_step_time": ("--steps", "1"), "cached_probe_epoch_time": ()}
+           "weighting_step_time": ("--steps", "1"), "cached_probe_epoch_time": (),
+           "soft_vs_separate_step_time": ("--steps", "1"), "num_seeds_time": ()}
+# Seconds per script (default 180): num_seeds_time starts two fresh training processes.
+TIMEOUTS = {"num_seeds_time": 300}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def outputs():
   results = {}
   for name, proc in procs.items():
     try:
-      out, err = proc.communicate(timeout=180)
+      out, err = proc.communicate(timeout=TIMEOUTS.get(name, 180))
     except subprocess.TimeoutExpired:
       proc.kill()
       out, err = proc.communicate()
@@ -131,3 +134,31 @@ def test_cached_probe_json(outputs):
   cost = res["xla_cost"]
   assert (cost["cached_probe"]["params"] == cost["cached_probe"]["trainable_params"]
           == cost["linear_probe"]["trainable_params"] < cost["full_finetune"]["trainable_params"])
+
+
+def test_soft_vs_separate_json(outputs):
+  res = _parse(outputs, "soft_vs_separate_step_time")
+  for key in ("benchmark", "config", "sizes", "ratio", "target", "target_met"):
+    assert key in res, key
+  assert res["benchmark"] == "soft_vs_separate_step_time"
+  small = res["sizes"]["small"]
+  assert set(small["step_time_ms"]) == {"soft", "separate", "single_task_stacked"}
+  assert all(_positive(v) for v in small["step_time_ms"].values()), small["step_time_ms"]
+  assert all(_positive(v) for v in small["compile_s"].values()), small["compile_s"]
+  assert _positive(small["ratio"]) and small["ratio"] == res["ratio"]
+  # Same model per task: the stacked program does about the separate models' work.
+  assert 0.5 < small["flops_ratio_soft_over_separate"] < 2.0, small["xla_cost"]
+  assert isinstance(res["target_met"], bool)
+
+
+def test_num_seeds_json(outputs):
+  res = _parse(outputs, "num_seeds_time")
+  for key in ("benchmark", "config", "wall_s", "extrapolated", "ratio", "ratio_paired_median",
+              "target", "target_met"):
+    assert key in res, key
+  assert res["benchmark"] == "num_seeds_time"
+  assert set(res["wall_s"]) == {"batched", "sequential_per_run", "sequential_total"}
+  assert all(_positive(v) for v in res["wall_s"].values()), res["wall_s"]
+  assert res["extrapolated"] == (res["config"]["sequential_runs_timed"] < res["config"]["num_seeds"])
+  assert _positive(res["ratio"])
+  assert isinstance(res["target_met"], bool)
