@@ -83,3 +83,22 @@ def table(rows: List[dict], split: str, task: str, metric: str, scale: float = 1
     m, se, n = mean_se([v * scale for v in values[cell]])
     lines.append(f"| {cell} | {m:.{digits}f} ± {se:.{digits}f} | {n} |")
   return "\n".join(lines)
+
+
+NOTES_MARKER = "<!-- notes -->"
+
+
+def write_results_md(path: str, generated: str) -> None:
+  """Writes a study's generated tables, keeping the hand-written part.
+
+  Everything from the ``<!-- notes -->`` marker on is the study's written
+  comparison with the paper: it survives regeneration.
+  """
+  notes = NOTES_MARKER + "\n"
+  if os.path.exists(path):
+    with open(path) as f:
+      text = f.read()
+    if NOTES_MARKER in text:
+      notes = text[text.index(NOTES_MARKER):]
+  with open(path, "w") as f:
+    f.write(generated + notes)

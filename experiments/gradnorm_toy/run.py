@@ -1,7 +1,7 @@
 """GradNorm's regression toy (Chen et al., ICML 2018): does each weighting find
 weights that balance tasks whose output scales differ by σ_i?
 
-  python experiments/gradnorm_toy/run.py [--seeds 5] [--steps 3000]
+  python experiments/gradnorm_toy/run.py [--seeds 5] [--steps N (default: STEPS[T])]
 
 Data: ``gradnorm_toy`` (one draw of B, ε, x; 9000/500/500), T=2 with
 σ=(1, 100) and T=10 with σ=1..10. Model: mlp trunk of 4 ReLU layers of 100,
@@ -29,8 +29,8 @@ WEIGHTINGS = {
     "ew": dict(name="equal"),
     "uncertainty": dict(name="uncertainty"),
     # Adam on the weights: with the library default (SGD, lr 0.025) the step
-    # lr·||∇_W L_i|| is ~10 here (norms ~500), so weights jump between the
-    # clip and the other extreme every step; kept as gradnorm_sgd at T=2.
+    # lr·||∇_W L_i|| is ~10 here (norms ~400), so the weights jump between the
+    # clip and the other extreme, then stick at the clip; kept as gradnorm_sgd at T=2.
     "gradnorm": dict(name="gradnorm", options=dict(alpha=0.12, optimizer="adam", lr=0.01)),
     "gradnorm_sgd": dict(name="gradnorm", options=dict(alpha=0.12)),
     "pcgrad": dict(aggregator="pcgrad"),
@@ -138,13 +138,7 @@ def write_report(rows):
       rho = _spearman(w, 1.0 / np.asarray(sigmas))
       lines.append(f"| T{t}/{m} | {np.array2string(w, precision=3, max_line_width=200)} | "
                    f"{rho:+.2f} |")
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
   _plot(rows)
 
 

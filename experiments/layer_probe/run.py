@@ -53,13 +53,7 @@ def write_report(rows):
       m, se, n = sweep.mean_se([100 * v for v in values.get(f"{t}/k{k}", [])])
       cells.append(f"{m:.1f} ± {se:.1f}" if n else "")
     lines.append(f"| {'input' if k == 0 else f'block {k}'} | " + " | ".join(cells) + " |")
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
 
 
 def main():

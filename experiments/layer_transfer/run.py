@@ -72,13 +72,7 @@ def write_report(rows):
       m, se, k = stat(f"{v}/n{n}")
       cells.append(f"{m:.1f} ± {se:.1f}" if k else "")
     lines.append(f"| {n} | " + " | ".join(cells) + " |")
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

@@ -134,13 +134,7 @@ def write_report(rows, minutes):
   lines += ["", "Published School numbers (REFERENCES.md; not our data):", "",
             "| method | EV % | tag |", "|---|---|---|"]
   lines += [f"| {a} | {b} | {t} |" for a, b, t in PUBLISHED]
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
   _plot(stats)
 
 

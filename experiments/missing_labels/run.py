@@ -92,13 +92,7 @@ def write_report(rows):
   lines += ["", f"Run time per cell (5 replicas in one program): "
             f"{min(secs.values()):.0f}-{max(secs.values()):.0f} s, total "
             f"{sum(secs.values()) / 60:.1f} min.", ""]
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n")
   _plot(rows)
 
 

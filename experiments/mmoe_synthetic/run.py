@@ -153,13 +153,7 @@ def write_report(rows, steps, width, counts, corr):
         lines.append(f"| {m} | {p} | {_fmt(mse[c]['y1'])} | {_fmt(mse[c]['y2'])} | "
                      f"{_fmt(mse[c]['mean'])} | {np.std(mse[c]['mean'], ddof=1):.3f} | "
                      f"{seeds[c]} | {secs[c]:.0f} |")
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n")
   _plot(mse)
 
 

@@ -56,15 +56,7 @@ def write_report(rows):
       model, variant = cell.split("/")
       pub = PUBLISHED[model][variant == "shuffled"]
       lines.append(f"| {model} | {variant} | {m:.1f} ± {se:.1f} | {n} | {pub} |")
-  path = os.path.join(HERE, "results.md")
-  notes = ""
-  if os.path.exists(path):
-    text = open(path).read()
-    marker = "<!-- notes -->"
-    if marker in text:
-      notes = text[text.index(marker):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + (notes or "<!-- notes -->\n"))
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
   _plot(values)
 
 

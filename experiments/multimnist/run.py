@@ -96,14 +96,9 @@ def write_report(rows):
                  f"{delta[0]:+.2f} ± {delta[1]:.2f} | {pub[0]} | {pub[1]} | {stats['left'][2]} |")
   secs = sweep.collect([dict(r, test={"_": {"s": r["seconds"]}}) for r in rows], "test", "_", "s")
   total = sum(v[0] for v in secs.values())
-  lines += ["", f"Wall time of the grid (one vmapped program per cell): {total / 60:.1f} min."]
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + notes)
+  lines += ["", f"Wall time of the grid (sum over cells, one vmapped program each): "
+            f"{total / 60:.1f} min."]
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
   _plot(acc)
 
 
@@ -113,7 +108,7 @@ def _plot(acc):
   import matplotlib.pyplot as plt
   import numpy as np
   cells = [c for c in ROWS if c in acc["left"] and c in acc["right"]]
-  fig, ax = plt.subplots(figsize=(9, 3.8))
+  fig, ax = plt.subplots(figsize=(10.5, 3.8))
   for j, task in enumerate(("left", "right")):
     stats = [sweep.mean_se([100 * v for v in acc[task][c]]) for c in cells]
     x = np.arange(len(cells)) + (j - 0.5) * 0.38
@@ -126,7 +121,7 @@ def _plot(acc):
   ax.set_ylabel("test accuracy %")
   lo = min(min(100 * v for v in acc[t][c]) for t in acc for c in cells)
   ax.set_ylim(max(0, lo - 5), 100)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   fig.savefig(os.path.join(HERE, "accuracy.png"), dpi=120)
 

@@ -100,13 +100,7 @@ def write_report(rows):
     lines.append(f"| {t} | " + " | ".join(cells) + " |")
   lines += ["", "| scenario | winner here | rule of thumb |", "|---|---|---|"]
   lines += [f"| {s} | {best[s]} | {RULE_OF_THUMB[s]} |" for s in SCENARIOS]
-  path = os.path.join(HERE, "results.md")
-  notes = "<!-- notes -->\n"
-  if os.path.exists(path) and "<!-- notes -->" in open(path).read():
-    text = open(path).read()
-    notes = text[text.index("<!-- notes -->"):]
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n\n" + notes)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
   _plot(values)
 
 
