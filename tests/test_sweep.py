@@ -54,3 +54,13 @@ def test_run_grid_vmaps_seeds_into_one_program(tmp_path):
   rows = sweep.read_results(path)
   assert [r["seed"] for r in rows] == [0, 1, 2]
   assert all("digit" in r["test"] for r in rows)
+
+
+def test_write_results_md_keeps_the_written_notes(tmp_path):
+  path = str(tmp_path / "results.md")
+  sweep.write_results_md(path, "# table v1\n\n")
+  assert open(path).read() == "# table v1\n\n<!-- notes -->\n"
+  with open(path, "a") as f:
+    f.write("Our reading of the table.\n")
+  sweep.write_results_md(path, "# table v2\n\n")
+  assert open(path).read() == "# table v2\n\n<!-- notes -->\nOur reading of the table.\n"
