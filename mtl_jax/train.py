@@ -63,13 +63,16 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
   """
   weights = jnp.asarray([s.weight for s in specs], jnp.float32)
 
+  def freeze(params):
+    return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     dropout_rng, weighting_rng = jax.random.split(rng)
     comb = combiner or GradientCombiner(None, len(specs), state.params)
 
     def loss_terms(params, z):
-      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+      params = freeze(params)
       variables = {"params": params}
       if z is not None:
         variables["perturbations"] = {"shared_features": z}
@@ -79,10 +82,7 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
       return per_task, reg
 
     z0 = jnp.zeros(z_shape, jnp.float32) if z_shape is not None else None
-    reg_grad = None
-    if regularizer:
-      reg_grad = jax.grad(lambda p: regularizer(
-          jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), p, trainable)))
+    reg_grad = jax.grad(lambda p: regularizer(freeze(p))) if regularizer else None
     grads, info, step_metrics = comb.grads(loss_terms, state.params, weighting_rng, weights,
                                            state.weighting, z0, reg_grad)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
