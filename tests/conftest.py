@@ -31,3 +31,21 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.fixture
 def workdir(tmp_path):
   return str(tmp_path / "run")
+
+
+def flat_params(tree) -> dict:
+  """{"trunk/block_0/Dense_0/kernel": np.ndarray, ...} for comparing parameter trees."""
+  import numpy as np
+  from flax import traverse_util
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def train_upstream(workdir: str, steps: int) -> str:
+  """A small 3-block MLP trained on MNIST-1D digits: the backbone for transfer tests."""
+  from mtl_jax import train
+  c = tiny_config()
+  c.tasks = [dict(name="digit", kind="multiclass", num_outputs=10)]
+  c.model.trunk.features = (32, 32, 32)
+  c.num_train_steps = steps
+  train.train_and_evaluate(c, workdir)
+  return workdir

@@ -3,14 +3,12 @@
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
-from conftest import tiny_config
+from conftest import flat_params, tiny_config
 from mtl_jax import train
 
 
-def _flat(tree):
-  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+_flat = flat_params
 
 
 def test_replicas_equal_separate_runs(tmp_path):

@@ -3,25 +3,17 @@
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
-from conftest import tiny_config
+from conftest import flat_params, tiny_config, train_upstream
 from mtl_jax import partial_load, train, transfer
 
 
-def _flat(tree):
-  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+_flat = flat_params
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("upstream"))
-  c = tiny_config()
-  c.tasks = [dict(name="digit", kind="multiclass", num_outputs=10)]
-  c.model.trunk.features = (32, 32, 32)
-  c.num_train_steps = 20
-  train.train_and_evaluate(c, workdir)
-  return workdir
+  return train_upstream(str(tmp_path_factory.mktemp("upstream")), steps=20)
 
 
 def _downstream(upstream, strategy, **opts):

@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
-from conftest import tiny_config
+from conftest import flat_params, tiny_config
 from mtl_jax import losses, train
 from mtl_jax.models import build_model
 from mtl_jax.tasks import TaskSpec, group_tasks
@@ -33,8 +32,7 @@ def loss_terms(params, z=None):
   return losses.task_losses(SPECS, GROUPS, out, BATCH["labels"], BATCH["mask"]), jnp.zeros(())
 
 
-def _flat(tree):
-  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+_flat = flat_params
 
 
 def _per_task_grads_loop():
