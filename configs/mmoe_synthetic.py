@@ -42,7 +42,6 @@ def get_config(arg: str = "0.5") -> ml_collections.ConfigDict:
   config.model = dict(sharing="mmoe", trunk=dict(name="mlp", features=(16,)), num_experts=8,
                       head_hidden=(8,))
   config.optimizer = dict(name="adam", learning_rate=1e-3)
-  config.weighting = dict(shared="experts/.*|gate")  # sharing.SHARED_PARAMS["mmoe"]
   config.param_groups = [(".*", 1.0)]
   config.batch_size = 128
   config.eval_batch_size = 1000

@@ -9,25 +9,14 @@ pass instead of computing gradients that are thrown away.
 """
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import jax
 import optax
-from flax import traverse_util
+
+from mtl_jax import paths
 
 FROZEN = "frozen"
-
-
-def path_str(path: Tuple[Any, ...]) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def _flat(params) -> Dict[str, Any]:
-  return {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
-
-
-def _unflat(flat: Dict[str, Any]):
-  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def _group_name(mult: Optional[float]) -> str:
@@ -48,7 +37,7 @@ def label_params(params, rules: Sequence[Tuple[str, Optional[float]]]) -> Tuple[
       raise ValueError(f"param_groups rule {pattern!r}: lr_mult must be > 0 or None "
                        f"(frozen), got {mult}")
     compiled.append((re.compile(pattern), pattern, mult))
-  flat = _flat(params)
+  flat = paths.flatten(params)
   labels, log, uncovered = {}, [], []
   for path in flat:
     for regex, pattern, mult in compiled:
@@ -60,7 +49,7 @@ def label_params(params, rules: Sequence[Tuple[str, Optional[float]]]) -> Tuple[
       uncovered.append(path)
   if uncovered:
     raise ValueError(f"param_groups cover no rule for {uncovered}; add a final ('.*', 1.0)")
-  return _unflat(labels), log
+  return paths.unflatten(labels), log
 
 
 def trainable_mask(labels) -> Any:

@@ -6,13 +6,12 @@ scalar``; the loss adds ``weight * fn(...)``. ``select`` is a full-match
 regex on ``/``-joined parameter paths, like param_groups.
 """
 
-import re
 from typing import Any, Dict, List
 
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
+from mtl_jax import paths
 from mtl_jax.registry import Registry
 
 REGULARIZERS = Registry("regularizer")
@@ -20,13 +19,9 @@ REGULARIZERS = Registry("regularizer")
 
 def select_leaves(params, select: str) -> List[jax.Array]:
   """The leaves whose path fully matches ``select``; an empty selection is an error."""
-  regex = re.compile(select)
-  flat = traverse_util.flatten_dict(params)
-  leaves = [v for k, v in sorted(flat.items()) if regex.fullmatch("/".join(k))]
-  if not leaves:
-    raise ValueError(f"regularizer select {select!r} matches no parameter; paths look like "
-                     f"{['/'.join(k) for k in list(flat)[:4]]}")
-  return leaves
+  flat = paths.flatten(params)
+  # Sorted paths: '/' sorts before every name character, so this is the tuple order.
+  return [flat[p] for p in sorted(paths.require_match(params, select, "regularizer select"))]
 
 
 @REGULARIZERS.register("l2")

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from mtl_jax import regularizers, train
 from mtl_jax.models import build_model
 from mtl_jax.models.columns import stitch_init, task_order, task_slices
-from mtl_jax.models.sharing import SHARED_PARAMS, SHARING, count_params
+from mtl_jax.models.sharing import SHARING, count_params, layout
 from mtl_jax.models.trunks import build_trunk
 from mtl_jax.tasks import TaskSpec, group_tasks
 
@@ -149,7 +149,7 @@ def test_trace_norm_value_and_gradient():
 
 def _columns_config(sharing, **overrides):
   c = tiny_config(model=dict(sharing=sharing, trunk=dict(name="mlp", features=(16,))),
-                  weighting=dict(shared=SHARED_PARAMS[sharing]), **overrides)
+                  weighting=dict(shared=layout(sharing).shared), **overrides)
   c.num_train_steps = 6
   c.checkpoint_every_steps = 0
   return c
@@ -248,7 +248,7 @@ def test_bad_options_list_the_valid_ones():
 def test_every_scheme_names_its_shared_params():
   for name in SHARING:
     _, params = _shapes(name)
-    assert any(re.fullmatch(SHARED_PARAMS[name], k) for k in _flat(params)), name
+    assert any(re.fullmatch(layout(name).shared, k) for k in _flat(params)), name
 
 
 def test_count_params_matches_closed_form():

@@ -10,10 +10,10 @@ import pytest
 
 from conftest import flat_params, tiny_config
 from mtl_jax import losses, train
-from mtl_jax.models import build_model
+from mtl_jax.models import build_model, sharing
 from mtl_jax.tasks import TaskSpec, group_tasks
 from mtl_jax.weighting import AGGREGATORS
-from mtl_jax.weighting.combine import GradientCombiner
+from mtl_jax.weighting.strategy import LossProblem, build_strategy
 
 SPECS = (TaskSpec("a", "binary"), TaskSpec("b", "multiclass", 3), TaskSpec("c", "regression"))
 GROUPS = group_tasks(SPECS)
@@ -33,6 +33,7 @@ def loss_terms(params, z=None):
 
 
 _flat = flat_params
+PROBLEM = LossProblem(terms=loss_terms, static_weights=STATIC)
 
 
 def _per_task_grads_loop():
@@ -41,8 +42,8 @@ def _per_task_grads_loop():
 
 
 def test_equal_weighting_is_the_gradient_of_the_weighted_sum():
-  comb = GradientCombiner(None, 3, PARAMS)
-  grads, info, m = comb.grads(loss_terms, PARAMS, jax.random.PRNGKey(1), STATIC, comb.init_state())
+  comb = build_strategy(None, 3, PARAMS)
+  grads, info, m = comb.gradients(PROBLEM, PARAMS, comb.init_state(), jax.random.PRNGKey(1))
   want = _flat(jax.grad(lambda p: jnp.sum(STATIC * loss_terms(p)[0]))(PARAMS))
   for k, v in _flat(grads).items():
     np.testing.assert_allclose(v, want[k], rtol=1e-5, atol=1e-7)
@@ -51,8 +52,8 @@ def test_equal_weighting_is_the_gradient_of_the_weighted_sum():
 
 @pytest.mark.parametrize("name", ["mean", "upgrad", "mgda", "pcgrad"])
 def test_jacobian_path_matches_a_per_task_loop(name):
-  comb = GradientCombiner({"aggregator": name}, 3, PARAMS)
-  grads, _, m = jax.jit(lambda p: comb.grads(loss_terms, p, jax.random.PRNGKey(1), STATIC))(PARAMS)
+  comb = build_strategy({"aggregator": name}, 3, PARAMS)
+  grads, _, m = jax.jit(lambda p: comb.gradients(PROBLEM, p, {}, jax.random.PRNGKey(1)))(PARAMS)
   per_task = _per_task_grads_loop()
   shared = sorted(k for k in per_task[0] if k.startswith("trunk/"))
   jac = np.stack([np.concatenate([g[k].ravel() for k in shared]) for g in per_task])
@@ -70,9 +71,9 @@ def test_jacobian_path_matches_a_per_task_loop(name):
 
 
 def test_gradnorm_gets_the_last_shared_layer_norms():
-  comb = GradientCombiner({"name": "gradnorm"}, 3, PARAMS)
-  assert comb.loss_method.layer_regex == "trunk/block_1/.*kernel"
-  _, info, _ = comb.grads(loss_terms, PARAMS, jax.random.PRNGKey(1), STATIC, comb.init_state())
+  comb = build_strategy({"name": "gradnorm"}, 3, PARAMS)
+  assert comb.method.layer_regex == "trunk/block_1/.*kernel"
+  _, info, _ = comb.gradients(PROBLEM, PARAMS, comb.init_state(), jax.random.PRNGKey(1))
   per_task = _per_task_grads_loop()
   want = [np.linalg.norm(g["trunk/block_1/Dense_0/kernel"]) / STATIC[t] for t, g in enumerate(per_task)]
   np.testing.assert_allclose(info["layer_grad_norms"], want, rtol=1e-4)
@@ -80,13 +81,13 @@ def test_gradnorm_gets_the_last_shared_layer_norms():
 
 def test_bad_weighting_configs():
   with pytest.raises(KeyError, match="unknown aggregator 'upgrade'"):
-    GradientCombiner({"aggregator": "upgrade"}, 3, PARAMS)
+    build_strategy({"aggregator": "upgrade"}, 3, PARAMS)
   with pytest.raises(KeyError, match="unknown loss weighting 'uw'"):
-    GradientCombiner({"name": "uw"}, 3, PARAMS)
+    build_strategy({"name": "uw"}, 3, PARAMS)
   with pytest.raises(ValueError, match="either a loss weighting"):
-    GradientCombiner({"name": "dwa", "aggregator": "mgda"}, 3, PARAMS)
+    build_strategy({"name": "dwa", "aggregator": "mgda"}, 3, PARAMS)
   with pytest.raises(ValueError, match="matches no parameter"):
-    GradientCombiner({"aggregator": "mgda", "shared": "encoder/.*"}, 3, PARAMS)
+    build_strategy({"aggregator": "mgda", "shared": "encoder/.*"}, 3, PARAMS)
 
 
 @pytest.mark.parametrize("weighting", [
@@ -111,21 +112,16 @@ def test_end_to_end_training_logs_weights_and_conflict(workdir, weighting):
 def test_representation_mode_weights_one_backward_pass(workdir):
   """MGDA-UB: weights from the Gramian of d L_t / d z (z = trunk output)."""
   model = MODEL
-  z_shape = jax.eval_shape(model.init, jax.random.PRNGKey(0), BATCH["inputs"])[
-      "perturbations"]["shared_features"].shape
+  z0 = sharing.zero_features(model, BATCH["inputs"])
 
   def terms(params, z):
-    variables = {"params": params}
-    if z is not None:
-      variables["perturbations"] = {"shared_features": z}
-    out = model.apply(variables, BATCH["inputs"])
+    out = model.apply(sharing.variables(params, z), BATCH["inputs"])
     return losses.task_losses(SPECS, GROUPS, out, BATCH["labels"], BATCH["mask"]), jnp.zeros(())
 
-  comb = GradientCombiner({"aggregator": "mgda", "mode": "representation"}, 3, PARAMS)
-  grads, _, m = comb.grads(terms, PARAMS, jax.random.PRNGKey(1), STATIC, None,
-                           jnp.zeros(z_shape))
+  comb = build_strategy({"aggregator": "mgda", "mode": "representation"}, 3, PARAMS)
+  grads, _, m = comb.gradients(LossProblem(terms, STATIC, lambda: z0), PARAMS, None,
+                               jax.random.PRNGKey(1))
   # Oracle: the representation Jacobian by a loop, MGDA weights, one weighted gradient.
-  z0 = jnp.zeros(z_shape)
   zjac = np.stack([np.asarray(jax.grad(lambda z, t=t: STATIC[t] * terms(PARAMS, z)[0][t])(z0)).ravel()
                    for t in range(3)])
   w = np.asarray(AGGREGATORS.get("mgda")().weights(jnp.asarray(zjac @ zjac.T)))
@@ -146,9 +142,10 @@ def test_jacobian_path_adds_the_regularizer_gradient():
     per_task, _ = loss_terms(params)
     return per_task, reg(params)
 
-  comb = GradientCombiner({"aggregator": "mean"}, 3, PARAMS)
-  with_reg, _, _ = comb.grads(terms, PARAMS, jax.random.PRNGKey(1), STATIC, reg_grad=jax.grad(reg))
-  without, _, _ = comb.grads(loss_terms, PARAMS, jax.random.PRNGKey(1), STATIC)
+  comb = build_strategy({"aggregator": "mean"}, 3, PARAMS)
+  with_reg, _, _ = comb.gradients(LossProblem(terms, STATIC, reg_grad=jax.grad(reg)), PARAMS, {},
+                                  jax.random.PRNGKey(1))
+  without, _, _ = comb.gradients(PROBLEM, PARAMS, {}, jax.random.PRNGKey(1))
   k = "trunk/block_0/Dense_0/kernel"
   np.testing.assert_allclose(_flat(with_reg)[k] - _flat(without)[k], 0.2 * _flat(PARAMS)[k],
                              rtol=1e-4, atol=1e-6)
