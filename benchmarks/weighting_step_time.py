@@ -42,7 +42,8 @@ import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mtl_jax.weighting import jacobian_strategy, strategy  # noqa: E402
+from mtl_jax.weighting import gramian_strategy, jacobian_strategy, strategy  # noqa: E402
+from mtl_jax.weighting.base import gramian  # noqa: E402
 
 TARGET_T = 8
 TARGET_REPRESENTATION = 1.3   # step(representation method) / step(EW)
@@ -80,12 +81,12 @@ class LoopCombiner(jacobian_strategy.JacobianStrategy):
       rows = [vjp_fn(eye[t])[0] for t in range(n)]
     per_task_grads = jax.tree.map(lambda *g: jnp.stack(g), *rows)
     jac = strategy.flatten_rows(per_task_grads, self.shared_mask)
-    shared = jacobian_strategy._unflatten_row(self.aggregator(jac, rng), per_task_grads,
+    shared = jacobian_strategy.unflatten_row(self.aggregator(jac, rng), per_task_grads,
                                               self.shared_mask)
     summed = jax.tree.map(lambda g: g.sum(0), per_task_grads)
     grads = jax.tree.map(lambda m, s, t: s if m else t, self.shared_mask, shared, summed)
     metrics = {"task_loss": per_task, "regularizer": reg, "loss": jnp.sum(wl) + reg}
-    metrics.update(strategy.task_gradient_stats(jac))
+    metrics.update(gramian_strategy.gram_stats(gramian(jac)))
     return grads, None, metrics
 
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.weighting.loss.base import StepInfo
-from mtl_jax.weighting.strategy import (LossProblem, WeightingStrategy, flatten_rows,
-                                        per_task_grads, task_gradient_stats)
+from mtl_jax.weighting.gramian_strategy import accumulate_gramian, gram_stats
+from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, flatten_rows, per_task_grads
 
 
 class LossWeightingStrategy(WeightingStrategy):
@@ -37,7 +37,7 @@ class LossWeightingStrategy(WeightingStrategy):
     if self.log_mask is not None or self.layer_mask is not None:
       per_task_g = per_task_grads(vjp_fn, self.num_tasks, wl.dtype, reg.dtype)
       if self.log_mask is not None:
-        metrics.update(task_gradient_stats(flatten_rows(per_task_g, self.log_mask)))
+        metrics.update(gram_stats(accumulate_gramian(per_task_g, self.log_mask)))
       if self.layer_mask is not None:
         # Unweighted per-task losses: divide out the static weights (GradNorm's definition).
         w = problem.static_weights

@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import gramian
-from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, task_gradient_stats
+from mtl_jax.weighting.gramian_strategy import accumulate_gramian, gram_stats
+from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy
 
 
 class RepresentationStrategy(WeightingStrategy):
@@ -23,12 +23,13 @@ class RepresentationStrategy(WeightingStrategy):
       raise ValueError("mode='representation' needs the model to expose its shared features "
                        "(self.perturb(SHARED_FEATURES, ...)); this sharing scheme does not")
     # Params are closed over, so the T backward passes stop at z and never enter the trunk.
-    _, z_vjp = jax.vjp(lambda z: problem.weighted(params, z)[0], z0)
-    eye = jnp.eye(self.num_tasks, dtype=wl.dtype)
-    z_jac = jax.vmap(lambda c: z_vjp(c)[0])(eye).reshape(self.num_tasks, -1)
-    weights = jax.lax.stop_gradient(self.aggregator.weights(gramian(z_jac), rng))
+    z_losses, z_vjp = jax.vjp(lambda z: problem.weighted(params, z)[0], z0)
+    eye = jnp.eye(self.num_tasks, dtype=z_losses.dtype)
+    z_jac = jax.vmap(lambda c: z_vjp(c)[0])(eye)
+    gram = accumulate_gramian(z_jac, True)
+    weights = jax.lax.stop_gradient(self.aggregator.weights(gram, rng))
     grads = vjp_fn((weights.astype(wl.dtype), jnp.ones((), reg.dtype)))[0]
     metrics = {"task_loss": per_task, "regularizer": reg, "task_weight": weights,
                "loss": jnp.sum(weights * wl) + reg}
-    metrics.update(task_gradient_stats(z_jac))
+    metrics.update(gram_stats(gram))
     return grads, None, metrics

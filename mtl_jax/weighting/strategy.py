@@ -9,9 +9,14 @@ without knowing which it holds:
 
 * :class:`~mtl_jax.weighting.loss_strategy.LossWeightingStrategy` (default,
   ``name=``): differentiate a loss weighting's ``combine(state, L)``.
+* :class:`~mtl_jax.weighting.gramian_strategy.GramianStrategy`
+  (``aggregator=``, default ``mode="gramian"`` for Gramian-weighted
+  aggregators): G = J Jᵀ accumulated leaf by leaf, weights from G, one
+  weighted backward pass; the T x P Jacobian is never stored.
 * :class:`~mtl_jax.weighting.jacobian_strategy.JacobianStrategy`
-  (``aggregator=``, ``mode="jacobian"``): the T x P Jacobian of the shared
-  parameters from one forward pass, aggregated into one direction.
+  (``aggregator=``, ``mode="jacobian"``; the default for aggregators that
+  need J itself, e.g. GradDrop): the stored T x P Jacobian of the shared
+  parameters, aggregated into one direction.
 * :class:`~mtl_jax.weighting.representation_strategy.RepresentationStrategy`
   (``aggregator=``, ``mode="representation"``): weights from the Gramian of
   the gradients w.r.t. the shared representation (MGDA-UB), then one
@@ -31,6 +36,7 @@ import jax.numpy as jnp
 from mtl_jax import paths
 
 OPTIONS = ("name", "aggregator", "mode", "shared", "options", "log_task_gradients")
+MODES = ("gramian", "jacobian", "representation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,15 +82,6 @@ def flatten_rows(tree_with_task_axis, mask) -> jax.Array:
   return jnp.concatenate(leaves, axis=1)
 
 
-def task_gradient_stats(jac: jax.Array) -> Dict[str, jax.Array]:
-  """Per-task gradient norms [T] and pairwise cosines [T, T] of Jacobian rows."""
-  from mtl_jax.weighting.base import gramian
-  g = gramian(jac)
-  norms = jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
-  cos = g / jnp.maximum(norms[:, None] * norms[None, :], 1e-12)
-  return {"task_grad_norm": norms, "task_grad_cosine": cos}
-
-
 class WeightingStrategy:
   """The interface the train step calls. Stateless strategies keep the defaults."""
 
@@ -125,6 +122,7 @@ def build_strategy(weighting_config, num_tasks: int, params, shared: str = "trun
   ``ParamLayout``); ``config.weighting.shared`` overrides ``shared``.
   """
   from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
+  from mtl_jax.weighting.gramian_strategy import GramianStrategy
   from mtl_jax.weighting.jacobian_strategy import JacobianStrategy
   from mtl_jax.weighting.loss import LOSS_WEIGHTINGS
   from mtl_jax.weighting.loss_strategy import LossWeightingStrategy
@@ -135,21 +133,25 @@ def build_strategy(weighting_config, num_tasks: int, params, shared: str = "trun
   if unknown:
     raise ValueError(f"weighting: unknown options {unknown}; valid: {list(OPTIONS)}")
   options = dict(cfg.get("options") or {})
-  mode = cfg.get("mode", "jacobian")
-  if mode not in ("jacobian", "representation"):
-    raise ValueError(f"weighting.mode must be 'jacobian' or 'representation', got {mode!r}")
+  mode = cfg.get("mode")
+  if mode not in (None,) + MODES:
+    raise ValueError(f"weighting.mode must be one of {list(MODES)}, got {mode!r}")
   shared = cfg.get("shared", shared)
   if cfg.get("aggregator"):
     if cfg.get("name", "equal") != "equal":
       raise ValueError("weighting: use either a loss weighting (name) or an aggregator, not both")
     aggregator = AGGREGATORS.get(cfg["aggregator"])(**options)
+    gramian_weighted = isinstance(aggregator, GramianWeighted)
+    mode = mode or ("gramian" if gramian_weighted else "jacobian")
+    if mode in ("gramian", "representation") and not gramian_weighted:
+      raise ValueError(f"aggregator {cfg['aggregator']!r} is not Gramian-weighted (it needs the "
+                       f"Jacobian itself), so it cannot run with mode={mode!r}; use "
+                       "mode='jacobian'")
     if mode == "representation":
-      if not isinstance(aggregator, GramianWeighted):
-        raise ValueError(f"aggregator {cfg['aggregator']!r} is not Gramian-weighted, so it "
-                         "cannot run on the representation Jacobian; use mode='jacobian'")
       return RepresentationStrategy(aggregator, num_tasks)
     paths.require_match(params, shared, "weighting.shared")
-    return JacobianStrategy(aggregator, num_tasks, paths.mask(params, shared))
+    cls = GramianStrategy if mode == "gramian" else JacobianStrategy
+    return cls(aggregator, num_tasks, paths.mask(params, shared))
   if "mode" in cfg:
     raise ValueError("weighting.mode applies to aggregators only; a loss weighting "
                      f"({cfg.get('name', 'equal')!r}) has no mode")
