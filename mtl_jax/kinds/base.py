@@ -174,7 +174,7 @@ def raise_bad_labels(spec, labels: np.ndarray, mask: np.ndarray, bad: np.ndarray
   first = np.argwhere(full)[0]
   where = f"example {int(first[0])}"
   if mask.ndim > 1:
-    where += f", position {tuple(int(i) for i in first[1:mask.ndim])}"
+    where += ", position " + ", ".join(str(int(i)) for i in first[1:mask.ndim])
   raise LabelError(f"task {spec.name!r} ({spec.kind}): {int(bad.sum())} {what}; first at "
                    f"{where}: {labels[first[0]]!r}")
 

@@ -7,6 +7,7 @@ over every labelled token of the batch (as Hugging Face's -100 convention);
 accuracy and macro-F1 are per token, over labelled tokens only.
 """
 
+import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.kinds.base import TaskKind, check_positions, register
@@ -43,12 +44,15 @@ class TokenClassification(TaskKind):
     if outputs.shape[:-1] != labels.shape:
       raise ValueError(f"{self.name}: outputs {outputs.shape} do not fit labels {labels.shape}: "
                        f"the per-token labels/mask must have the inputs' sequence length")
+    if mask is not None:  # padding positions may hold NaN outputs (fully masked attention)
+      outputs = jnp.where(mask[..., None], outputs, 0)
     return softmax_ce(outputs, labels)  # per token
 
   def numpy_loss(self, spec, outputs, labels, mask=None):
     """Loss of each labelled token (flattened)."""
-    per = numpy_softmax_ce(outputs, labels)
-    return per if mask is None else per[mask]
+    if mask is not None:
+      outputs, labels = outputs[mask], labels[mask]
+    return numpy_softmax_ce(outputs, labels).reshape(-1)
 
   def metric(self, spec, metric, outputs, labels, mask):
     pred, true = outputs.argmax(-1)[mask], labels[mask].astype(int)
