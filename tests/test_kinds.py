@@ -120,3 +120,20 @@ def test_task_heads_give_per_position_outputs_for_token_and_ranking_groups():
   per = outputs_by_task(groups, out)
   assert per["pos"].shape == (2, 7, 5) and per["rank"].shape == (2, 7, 1)
   np.testing.assert_array_equal(per["pos"], out["token_classification_5"][1])
+
+
+def test_concat_batches_joins_on_the_batch_axis_and_trims_padding():
+  from mtl_jax.models.heads import concat_batches
+  specs = (TaskSpec("ner", "token_classification", 3), TaskSpec("b", "binary"))
+  groups = group_tasks(specs)
+  rng = np.random.default_rng(0)
+  for lead in ((), (2,)):  # without and with a replica axis
+    full = {"token_classification_3": rng.normal(size=lead + (1, 8, 5, 3)),
+            "binary_1": rng.normal(size=lead + (1, 8, 1))}
+    chunks = [{k: v[..., :4, :, :] if k.startswith("token") else v[..., :4, :]
+               for k, v in full.items()},
+              {k: v[..., 4:, :, :] if k.startswith("token") else v[..., 4:, :]
+               for k, v in full.items()}]
+    got = concat_batches(groups, chunks, 7)
+    np.testing.assert_array_equal(got["token_classification_3"], full["token_classification_3"][..., :7, :, :])
+    np.testing.assert_array_equal(got["binary_1"], full["binary_1"][..., :7, :])

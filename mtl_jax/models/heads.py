@@ -6,6 +6,7 @@ from typing import Dict, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtl_jax import kinds
 from mtl_jax.tasks import TaskGroup
@@ -79,3 +80,19 @@ class TaskHeads(nn.Module):
 def outputs_by_task(groups: Sequence[TaskGroup], outputs: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
   """Unstacks group outputs [T_g, B, ..., n] into {task: [B, ..., n]} (for eval and users)."""
   return {name: outputs[g.key][t] for g in groups for t, name in enumerate(g.names)}
+
+
+def concat_batches(groups: Sequence[TaskGroup], chunks: Sequence[Dict[str, np.ndarray]],
+                   n: int) -> Dict[str, np.ndarray]:
+  """Joins per-batch group outputs on their batch axis and drops padding rows past ``n``.
+
+  Outputs are [(replicas,) T_g, B, (positions,) n_out]; the batch axis is
+  found from the end, so a leading replica axis and a kind's position axis
+  both work.
+  """
+  out = {}
+  for g in groups:
+    axis = -(2 + kinds.get(g.kind).position_axes)
+    joined = np.concatenate([c[g.key] for c in chunks], axis=axis)
+    out[g.key] = np.take(joined, np.arange(n), axis=axis)
+  return out
