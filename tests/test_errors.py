@@ -79,8 +79,8 @@ def test_config_task_kind_that_does_not_fit_data(workdir):
 
 
 def test_bad_task_specs():
-  with pytest.raises(ValueError, match="unknown kind 'ranking'"):
-    TaskSpec("t", "ranking")
+  with pytest.raises(ValueError, match="unknown kind 'rank'; valid kinds: .*'ranking'"):
+    TaskSpec("t", "rank")
   with pytest.raises(ValueError, match="duplicate task names"):
     tasks.specs_from_config([dict(name="a", kind="binary"), dict(name="a", kind="binary")])
   with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]"):
