@@ -125,7 +125,7 @@ def load_splits(config, specs) -> Dict[str, Any]:
     ds = getattr(data, split)
     if ds is None:
       continue
-    tasks.validate_batch(specs, ds.labels, ds.mask)
+    tasks.validate_batch(specs, ds.labels, ds.mask, inputs=ds.inputs)
     splits[split] = ds.select_tasks(names)
   return splits
 
