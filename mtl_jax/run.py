@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mtl_jax import config_keys, optim, parallel, partial_load, regularizers, tasks, transfer
+from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers, tasks,
+                     transfer)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
 from mtl_jax.data.feed import TrainFeed
@@ -69,9 +70,11 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   put = (lambda tree: jax.device_put(tree, parallel.replicated(mesh))) if mesh else (lambda t: t)
   jit_out = dict(out_shardings=parallel.replicated(mesh)) if mesh else {}
 
+  policy = precision.policy(config.model)
+
   def init(key):
     init_rng, state_rng = jax.random.split(key)
-    return model.init(init_rng, sample_inputs)["params"], state_rng
+    return policy.cast_params(model.init(init_rng, sample_inputs)["params"]), state_rng
 
   if params is None:
     params, state_rng = jax.jit(replicas.vmap(init), **jit_out)(replicas.keys())
@@ -94,11 +97,11 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
       rng=state_rng, weighting=replicas.broadcast(strategy.init_state()))
   train_step = make_train_step(model=model, tx=tx, specs=specs, groups=groups, trainable=trainable,
                                regularizer=regularizers.build_regularizer(cfg("regularizers")),
-                               strategy=strategy)
+                               strategy=strategy, policy=policy)
   return Program(config=config, specs=specs, groups=groups, model=model, replicas=replicas, tx=tx,
                  param_labels=labels, trainable=trainable, strategy=strategy, state=put(state),
                  train_step=replicas.vmap(train_step),
-                 eval_step=replicas.vmap(make_eval_step(model), in_axes=(0, None)),
+                 eval_step=replicas.vmap(make_eval_step(model, policy), in_axes=(0, None)),
                  param_group_log=group_log)
 
 

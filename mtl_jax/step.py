@@ -16,6 +16,7 @@ import optax
 
 from mtl_jax import losses, tasks
 from mtl_jax.models.sharing import variables, zero_features
+from mtl_jax.precision import Policy
 from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, build_strategy
 
 
@@ -31,11 +32,13 @@ class TrainState:
 
 def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
                     groups: Sequence[tasks.TaskGroup], trainable, regularizer=None,
-                    strategy: Optional[WeightingStrategy] = None):
+                    strategy: Optional[WeightingStrategy] = None,
+                    policy: Policy = Policy()):
   """Returns the pure step ``(state, batch) -> (state, metrics)``.
 
   ``regularizer`` (optional) maps params to a scalar added to the loss;
-  ``strategy`` turns per-task losses into gradients (default: the weighted sum).
+  ``strategy`` turns per-task losses into gradients (default: the weighted sum);
+  ``policy`` is the mixed-precision policy (mtl_jax/precision.py).
 
   Frozen leaves (``trainable`` False) pass through ``stop_gradient``: their
   gradient is a symbolic zero, so XLA never computes their backward pass.
@@ -50,17 +53,20 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
     dropout_rng, weighting_rng = jax.random.split(rng)
     strat = strategy or build_strategy(None, len(specs), state.params)
 
+    inputs = policy.for_compute(batch["inputs"])
+
     def terms(params, z):
       params = freeze(params)
-      outputs = model.apply(variables(params, z), batch["inputs"], train=True,
+      outputs = model.apply(variables(policy.for_compute(params), z), inputs, train=True,
                             rngs={"dropout": dropout_rng})
+      outputs = policy.for_output(outputs)
       per_task = losses.task_losses(specs, groups, outputs, batch["labels"], batch["mask"])
       reg = regularizer(params) if regularizer else jnp.zeros((), jnp.float32)
       return per_task, reg
 
     problem = LossProblem(
         terms=terms, static_weights=weights,
-        zero_features=lambda: zero_features(model, batch["inputs"]),
+        zero_features=lambda: zero_features(model, inputs, policy.for_compute(state.params)),
         reg_grad=jax.grad(lambda p: regularizer(freeze(p))) if regularizer else None)
     grads, carry, step_metrics = strat.gradients(problem, state.params, state.weighting,
                                                  weighting_rng)
@@ -77,7 +83,9 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
   return train_step
 
 
-def make_eval_step(model):
+def make_eval_step(model, policy: Policy = Policy()):
   def eval_step(params, inputs):
-    return model.apply({"params": params}, inputs, train=False)
+    outputs = model.apply({"params": policy.for_compute(params)}, policy.for_compute(inputs),
+                          train=False)
+    return policy.for_output(outputs)
   return eval_step

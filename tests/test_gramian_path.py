@@ -122,10 +122,12 @@ def test_float64_runs_and_stays_float64(mode):
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("mode", ["gramian", "jacobian", "representation"])
-def test_bfloat16_forward_gives_finite_float32_weights(mode):
+@pytest.mark.parametrize("mode,name", [(m, "upgrad") for m in ("gramian", "jacobian", "representation")]
+                         + [("gramian", a) for a in GRAMIAN_WEIGHTED if a != "upgrad"]
+                         + [("jacobian", "graddrop")])
+def test_bfloat16_forward_gives_finite_float32_weights(mode, name):
   problem, params = _problem(jnp.bfloat16)
-  strat = build_strategy({"aggregator": "upgrad", "mode": mode}, 3, params)
+  strat = build_strategy({"aggregator": name, "mode": mode}, 3, params)
   grads, _, m = jax.jit(lambda p: strat.gradients(problem, p, {}, jax.random.PRNGKey(1)))(params)
   assert m["task_weight"].dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(m["task_weight"])))

@@ -14,6 +14,8 @@ from mtl_jax.tasks import TaskGroup
 def build_model(model_config, groups: Sequence[TaskGroup]) -> nn.Module:
   """``model_config`` = {"sharing": registry name, **scheme options}."""
   kwargs = dict(model_config)
+  for key in ("dtype", "param_dtype"):  # the precision policy (mtl_jax/precision.py), not the module's
+    kwargs.pop(key, None)
   cls = SHARING.get(kwargs.pop("sharing", "hard"))
   valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "groups")]
   unknown = sorted(set(kwargs) - set(valid))

@@ -67,14 +67,20 @@ def variables(params, features_perturbation=None) -> Dict[str, Any]:
   return {"params": params, "perturbations": {SHARED_FEATURES: features_perturbation}}
 
 
-def zero_features(model: nn.Module, inputs) -> Optional[jax.Array]:
+def zero_features(model: nn.Module, inputs, params=None) -> Optional[jax.Array]:
   """Zeros shaped like the representation ``model`` exposes for ``inputs``, or None.
 
   A scheme exposes it with ``self.perturb(SHARED_FEATURES, features)``;
   differentiating the losses w.r.t. this zero perturbation gives the
-  gradients w.r.t. the shared features (MGDA-UB). Works on traced inputs.
+  gradients w.r.t. the shared features (MGDA-UB). Given ``params``, the
+  features' dtype is the one those parameters compute in (mixed precision).
+  Works on traced inputs; nothing is computed.
   """
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), inputs)
+  if params is None:
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), inputs)
+  else:
+    shapes = jax.eval_shape(lambda p, x: model.apply({"params": p}, x,
+                                                     mutable=["perturbations"])[1], params, inputs)
   z = shapes.get("perturbations", {}).get(SHARED_FEATURES)
   return None if z is None else jnp.zeros(z.shape, z.dtype)
 
