@@ -120,6 +120,29 @@ def param_path(name: str) -> Optional[Tuple[str, bool]]:
   return None
 
 
+def to_hf_tensors(params: dict) -> Dict[str, np.ndarray]:
+  """The inverse of the load: trunk params -> ``BertModel`` tensor names (for export/tests)."""
+  from flax import traverse_util
+  inverse = {"embeddings/" + v: f"embeddings.{k}" for k, v in _EMB.items()}
+  inverse.update({v: k for k, v in _LAYER.items()})
+  out = {}
+  for key, value in traverse_util.flatten_dict(params).items():
+    path, value = "/".join(key), np.asarray(value, np.float32)
+    module, leaf = path.rsplit("/", 1)
+    block = re.fullmatch(r"block_(\d+)/(.+)", module)
+    if block:
+      prefix, module = f"encoder.layer.{block.group(1)}.", block.group(2)
+    else:
+      prefix = ""
+    if module == "pooler":
+      name = "pooler.dense"
+    else:
+      name = prefix + inverse[module]
+    hf_leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}[leaf]
+    out[f"{name}.{hf_leaf}"] = value.T if leaf == "kernel" else value
+  return out
+
+
 def _expected_shapes(config: dict) -> Dict[str, Tuple[int, ...]]:
   """Every trunk parameter path -> shape, by abstract init (no compute)."""
   import jax
