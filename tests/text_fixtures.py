@@ -55,3 +55,89 @@ def write_bert_dir(path: str, seed: int = 0, tensors=None, **overrides) -> str:
             os.path.join(path, "model.safetensors"))
   write_tokenizer(path)
   return path
+
+
+# --- GLUE-format fixtures ------------------------------------------------------------
+# Headers exactly as in the GLUE download (glue_data/<TASK>/*.tsv).
+MNLI_COLS = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
+             "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1",
+             "sentence2"]
+STSB_COLS = ["index", "genre", "filename", "year", "old_index", "source1", "source2",
+             "sentence1", "sentence2"]
+LABELS = {"sst2": ["0", "1"], "cola": ["0", "1"], "mrpc": ["0", "1"], "qnli": ["entailment",
+          "not_entailment"], "rte": ["entailment", "not_entailment"],
+          "mnli": ["entailment", "neutral", "contradiction"]}
+
+
+def _sentences(rng, n):
+  words = [w for w in WORDS if w.isalpha()]
+  return [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(n)]
+
+
+def _write(path, header, rows):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    if header is not None:
+      f.write("\t".join(header) + "\n")
+    for r in rows:
+      f.write("\t".join(str(x) for x in r) + "\n")
+
+
+def write_glue_task(root: str, task: str, n: int = 12, seed: int = 0) -> dict:
+  """Writes <root>/<GLUE dir>/ files in the task's real layout; returns what it wrote.
+
+  {split: (sentences, pairs or None, labels as written or None)}.
+  """
+  rng = np.random.default_rng(seed)
+  dirname = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "stsb": "STS-B", "qnli": "QNLI",
+             "rte": "RTE", "mnli": "MNLI"}[task]
+  d = os.path.join(root, dirname)
+  splits = {"sst2": ["train", "dev", "test"], "cola": ["train", "dev", "test"],
+            "mrpc": ["train", "dev", "test"], "stsb": ["train", "dev", "test"],
+            "qnli": ["train", "dev", "test"], "rte": ["train", "dev", "test"],
+            "mnli": ["train", "dev_matched", "dev_mismatched", "test_matched",
+                     "test_mismatched"]}[task]
+  out = {}
+  for split in splits:
+    test = split.startswith("test")
+    a, b = _sentences(rng, n), _sentences(rng, n)
+    if task == "stsb":
+      y = [f"{v:.3f}" for v in rng.uniform(0, 5, n)]
+    else:
+      y = list(rng.choice(LABELS[task], n))
+    path = os.path.join(d, split + ".tsv")
+    if task == "sst2":
+      _write(path, ["index", "sentence"] if test else ["sentence", "label"],
+             [(i, s) for i, s in enumerate(a)] if test else zip(a, y))
+      b = None
+    elif task == "cola":  # train/dev have no header
+      _write(path, ["index", "sentence"] if test else None,
+             [(i, s) for i, s in enumerate(a)] if test else
+             [("gj04", lab, "" if lab == "1" else "*", s) for s, lab in zip(a, y)])
+      b = None
+    elif task == "mrpc":
+      head = ["index" if test else "Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+      _write(path, head, [(i if test else y[i], 1000 + i, 2000 + i, a[i], b[i])
+                          for i in range(n)])
+    elif task == "stsb":
+      _write(path, STSB_COLS + ([] if test else ["score"]),
+             [(i, "main-captions", "MSRvid", "2012test", i, "none", "none", a[i], b[i])
+              + (() if test else (y[i],)) for i in range(n)])
+    elif task in ("qnli", "rte"):
+      head = ["index", "question", "sentence"] if task == "qnli" else [
+          "index", "sentence1", "sentence2"]
+      _write(path, head + ([] if test else ["label"]),
+             [(i, a[i], b[i]) + (() if test else (y[i],)) for i in range(n)])
+    elif task == "mnli":
+      extra = [] if test else (["label1", "gold_label"] if split == "train" else
+                               ["label1", "label2", "label3", "label4", "label5", "gold_label"])
+      rows = []
+      for i in range(n):
+        r = [i, 31193 + i, f"{31193 + i}n", "government", "( x )", "( y )", "(ROOT x)",
+             "(ROOT y)", a[i], b[i]]
+        if not test:
+          r += [y[i]] * (len(extra) - 1) + [y[i]]
+        rows.append(r)
+      _write(path, MNLI_COLS + extra, rows)
+    out[split] = (a, b, None if test else y)
+  return out
