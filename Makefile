@@ -43,6 +43,8 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/frozen_trunk_step_time.py
 	$(PY) benchmarks/cached_probe_epoch_time.py
 	$(PY) benchmarks/weighting_step_time.py
+	$(PY) benchmarks/encoder_step_time.py
+	$(PY) benchmarks/tokenize_time.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
