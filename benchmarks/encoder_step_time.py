@@ -119,7 +119,7 @@ class TorchStep:
       loss = torch.nn.functional.cross_entropy(self.head(h), self.y)
       loss.backward()
       self.opt.step()
-    self.loss = float(loss)
+    self.loss = loss.item()
     return (time.perf_counter() - t0) / n
 
 
