@@ -179,3 +179,30 @@ def test_ranking_errors(tmp_path):
   tsv.write_text("query\tdoc\trelevance\na\tb\t1\n")
   with pytest.raises(ValueError, match=r"missing columns \['candidate'\]"):
     ranking.read_ranking(str(tsv))
+
+
+# --- TFDS glue/* ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("task,first,second", [("mrpc", "sentence1", "sentence2"),
+                                               ("mnli", "premise", "hypothesis"),
+                                               ("stsb", "sentence1", "sentence2"),
+                                               ("sst2", "sentence", None)])
+def test_tfds_glue_through_mock_data(tmp_path, tok_dir, task, first, second):
+  import tensorflow_datasets as tfds
+  import tensorflow_datasets.text  # noqa: F401
+  from mtl_jax.data import glue_tfds
+  split = "validation_matched" if task == "mnli" else "validation"
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    src = tfds.data_source(f"glue/{task}", split=split)
+    raw = [src[i] for i in range(len(src))]
+    got = glue_tfds.read_split(task, split)
+    inputs, labels = glue_tfds.tokenized_split(task, split, tok_dir, max_length=16,
+                                               cache_dir=str(tmp_path))
+  a = [str(r[first]) for r in raw]
+  b = [str(r[second]) for r in raw] if second else None
+  assert got.text == a and got.pair == b
+  np.testing.assert_allclose(labels, [r["label"] for r in raw], rtol=1e-6)
+  assert labels.dtype == (np.float32 if task == "stsb" else np.int32)
+  for k, v in _oracle_ids(tok_dir, a, b, 16).items():
+    np.testing.assert_array_equal(inputs[k], v, err_msg=k)
+  assert len(os.listdir(tmp_path)) == 1

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -72,11 +72,16 @@ DIR_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "sts
              "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 
 
-def get_task(name: str) -> GlueTask:
+def task_key(name: str) -> str:
+  """"STS-B", "sts_b", "stsb" -> "stsb"; an unknown task lists the known ones."""
   key = name.lower().replace("-", "").replace("_", "")
   if key not in TASKS:
     raise KeyError(f"unknown GLUE task {name!r}; known tasks: {sorted(TASKS)}")
-  return TASKS[key]
+  return key
+
+
+def get_task(name: str) -> GlueTask:
+  return TASKS[task_key(name)]
 
 
 @dataclasses.dataclass
@@ -166,12 +171,36 @@ def _file_hash(path: str) -> str:
   return h.hexdigest()[:16]
 
 
-def cache_key(tokenizer_dir: str, max_length: int, path: str, extra: str = "") -> str:
-  """Changes when tokenizer.json, the max length, the data file or ``extra`` change."""
+def cache_key(tokenizer_dir: str, max_length: int, source: str) -> str:
+  """Changes when tokenizer.json, the max length or the ``source`` fingerprint change."""
   from mtl_jax.pretrained.hf_bert import tokenizer_fingerprint
-  parts = [f"v{CACHE_VERSION}", tokenizer_fingerprint(tokenizer_dir), str(max_length),
-           _file_hash(path), extra]
+  parts = [f"v{CACHE_VERSION}", tokenizer_fingerprint(tokenizer_dir), str(max_length), source]
   return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def cached_tokenize(cached: str, read: Callable[[], GlueSplit], tokenizer_dir: str,
+                    max_length: int) -> Tuple[Dict[str, np.ndarray], Optional[np.ndarray]]:
+  """Loads the .npz at ``cached``, or tokenizes ``read()`` and writes it there atomically."""
+  from mtl_jax.pretrained import hf_bert
+  if os.path.isfile(cached):
+    with np.load(cached) as z:
+      inputs = {k: z[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+      labels = z["labels"] if bool(z["has_labels"]) else None
+    return inputs, labels
+  raw = read()
+  max_position = None
+  if hf_bert.is_hf_dir(tokenizer_dir):
+    max_position = hf_bert.read_config(tokenizer_dir).get("max_position_embeddings")
+  tok = hf_bert.load_tokenizer(tokenizer_dir)
+  inputs = hf_bert.tokenize(tok, raw.text, raw.pair, max_length=max_length,
+                            max_position=max_position)
+  os.makedirs(os.path.dirname(cached) or ".", exist_ok=True)
+  tmp = cached + f".tmp{os.getpid()}.npz"
+  labels = raw.labels
+  np.savez(tmp, **inputs, labels=labels if labels is not None else np.zeros(0),
+           has_labels=labels is not None)
+  os.replace(tmp, cached)  # atomic: concurrent readers never see half a file
+  return inputs, labels
 
 
 def tokenized_split(task: str, data_dir: str, split: str, tokenizer_dir: str,
@@ -182,7 +211,6 @@ def tokenized_split(task: str, data_dir: str, split: str, tokenizer_dir: str,
   ``cache_dir`` None: ``<data_dir>/.mtl_jax_cache``. A cache hit reads only
   the .npz (and hashes the files that key it).
   """
-  from mtl_jax.pretrained import hf_bert
   t = get_task(task)
   if split not in t.files:
     raise KeyError(f"GLUE {task}: unknown split {split!r}; valid: {sorted(t.files)}")
@@ -190,27 +218,27 @@ def tokenized_split(task: str, data_dir: str, split: str, tokenizer_dir: str,
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GLUE file {path} does not exist")
   cache_dir = cache_dir or os.path.join(data_dir, ".mtl_jax_cache")
-  key = cache_key(tokenizer_dir, max_length, path, extra=f"{task}/{split}")
-  cached = os.path.join(cache_dir, f"{task}_{split}_{key}.npz")
-  if os.path.isfile(cached):
-    with np.load(cached) as z:
-      inputs = {k: z[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-      labels = z["labels"] if bool(z["has_labels"]) else None
-    return inputs, labels
-  raw = read_split(task, data_dir, split)
-  max_position = None
-  if hf_bert.is_hf_dir(tokenizer_dir):
-    max_position = hf_bert.read_config(tokenizer_dir).get("max_position_embeddings")
-  tok = hf_bert.load_tokenizer(tokenizer_dir)
-  inputs = hf_bert.tokenize(tok, raw.text, raw.pair, max_length=max_length,
-                            max_position=max_position)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = cached + f".tmp{os.getpid()}.npz"
-  labels = raw.labels
-  np.savez(tmp, **inputs, labels=labels if labels is not None else np.zeros(0),
-           has_labels=labels is not None)
-  os.replace(tmp, cached)  # atomic: concurrent readers never see half a file
-  return inputs, labels
+  key = cache_key(tokenizer_dir, max_length, f"{task}/{split}/{_file_hash(path)}")
+  return cached_tokenize(os.path.join(cache_dir, f"{task}_{split}_{key}.npz"),
+                         lambda: read_split(task, data_dir, split), tokenizer_dir, max_length)
+
+
+def make_splits(train, dev, name: str, holdout: float, seed: int,
+                max_examples: Optional[int]) -> DataSplits:
+  """DataSplits from (inputs, labels) of train and dev; see ``glue`` for ``holdout``."""
+  if not 0.0 <= holdout < 1.0:
+    raise ValueError(f"glue: holdout must be in [0, 1), got {holdout}")
+  if max_examples is not None:
+    train, dev = _take(*train, slice(0, max_examples)), _take(*dev, slice(0, max_examples))
+  if not holdout:
+    return DataSplits(_dataset(*train, name), _dataset(*dev, name))
+  n = len(train[0]["input_ids"])
+  perm = np.random.default_rng(seed).permutation(n)
+  k = int(round(n * holdout))
+  if not 0 < k < n:
+    raise ValueError(f"glue: holdout {holdout} of {n} training examples leaves an empty split")
+  return DataSplits(_dataset(*_take(*train, np.sort(perm[k:])), name),
+                    _dataset(*_take(*train, np.sort(perm[:k])), name), _dataset(*dev, name))
 
 
 def _dataset(inputs, labels, name: str) -> ArrayDataset:
@@ -239,28 +267,13 @@ def glue(task: str, data_dir: str, tokenizer: str, max_length: int = 128,
   and dev becomes the test split, reported once. ``dev`` picks MNLI's
   dev_matched or dev_mismatched.
   """
-  t = get_task(task)
-  key = task.lower().replace("-", "").replace("_", "")
+  key = task_key(task)
+  t = TASKS[key]
   if not os.path.isfile(os.path.join(data_dir, t.files["train"])):
     sub = os.path.join(data_dir, DIR_NAMES[key])
     if os.path.isdir(sub):
       data_dir = sub
-  if not 0.0 <= holdout < 1.0:
-    raise ValueError(f"glue: holdout must be in [0, 1), got {holdout}")
   name = task_name or key
   kw = dict(tokenizer_dir=tokenizer, max_length=max_length, cache_dir=cache_dir)
-  train_in, train_y = tokenized_split(key, data_dir, "train", **kw)
-  dev_in, dev_y = tokenized_split(key, data_dir, dev, **kw)
-  if max_examples is not None:
-    train_in, train_y = _take(train_in, train_y, slice(0, max_examples))
-    dev_in, dev_y = _take(dev_in, dev_y, slice(0, max_examples))
-  if not holdout:
-    return DataSplits(_dataset(train_in, train_y, name), _dataset(dev_in, dev_y, name))
-  n = len(train_y)
-  perm = np.random.default_rng(seed).permutation(n)
-  k = int(round(n * holdout))
-  if not 0 < k < n:
-    raise ValueError(f"glue: holdout {holdout} of {n} training examples leaves an empty split")
-  return DataSplits(_dataset(*_take(train_in, train_y, np.sort(perm[k:])), name),
-                    _dataset(*_take(train_in, train_y, np.sort(perm[:k])), name),
-                    _dataset(dev_in, dev_y, name))
+  return make_splits(tokenized_split(key, data_dir, "train", **kw),
+                     tokenized_split(key, data_dir, dev, **kw), name, holdout, seed, max_examples)
