@@ -94,7 +94,7 @@ class GlueSplit:
 
 def read_tsv(path: str, columns: Optional[Sequence[str]] = None
              ) -> Tuple[List[str], List[List[str]], List[int]]:
-  """(header, rows, line number of each row) of a tab-separated file without quoting, as GLUE writes them.
+  """(header, rows, line of each row) of an unquoted tab-separated file, as GLUE writes them.
 
   ``columns`` names the fields of a headerless file. Every row must have as
   many fields as the header: a ragged row is an error naming file and line.
