@@ -15,7 +15,6 @@ Prints one JSON object on stdout:
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -47,7 +46,6 @@ class JaxStep:
   def __init__(self, size, x, y, num_classes, lr, dtype):
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
     import optax
     from mtl_jax.models.trunks import build_trunk
 
