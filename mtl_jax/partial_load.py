@@ -28,7 +28,14 @@ class CheckpointMismatchError(ValueError):
 
 
 def load_checkpoint_params(workdir: str, step: Optional[int] = None) -> Dict[str, np.ndarray]:
-  """The params of a run's checkpoint (latest by default), as a flat {path: array} dict."""
+  """The params of a run's checkpoint (latest by default), as a flat {path: array} dict.
+
+  A Hugging Face BERT directory (config.json + model.safetensors) reads as
+  ``{"trunk": ...}`` params, so ``init_from=dict(workdir=<dir>, load="trunk/.*")`` works.
+  """
+  from mtl_jax.pretrained import hf_bert
+  if hf_bert.is_hf_dir(workdir):
+    return {k: np.asarray(v) for k, v in _flat(hf_bert.load_trunk_params(workdir)).items()}
   try:
     params = load_params_numpy(workdir, step)
   except FileNotFoundError as e:

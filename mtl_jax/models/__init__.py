@@ -8,6 +8,7 @@ from mtl_jax.models.heads import outputs_by_task  # noqa: F401
 from mtl_jax.models.sharing import SHARING
 from mtl_jax.models.trunks import TRUNKS  # noqa: F401
 from mtl_jax.models import lenet  # noqa: F401  (registers the lenet trunk)
+from mtl_jax.models import bert  # noqa: F401  (registers the bert trunk)
 from mtl_jax.tasks import TaskGroup
 
 
