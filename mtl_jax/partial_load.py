@@ -35,7 +35,7 @@ def load_checkpoint_params(workdir: str, step: Optional[int] = None) -> Dict[str
   """
   from mtl_jax.pretrained import hf_bert
   if hf_bert.is_hf_dir(workdir):
-    return {k: np.asarray(v) for k, v in _flat(hf_bert.load_trunk_params(workdir)).items()}
+    return {k: np.asarray(v) for k, v in paths.flatten(hf_bert.load_trunk_params(workdir)).items()}
   try:
     params = load_params_numpy(workdir, step)
   except FileNotFoundError as e:

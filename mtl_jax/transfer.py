@@ -133,18 +133,24 @@ def plan(config) -> Optional[Plan]:
   return Plan(config)
 
 
-def trunk_features(trunk_config, trunk_params, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-  """Runs a trunk (eval mode) over ``inputs`` in batches; returns float32 features."""
+def trunk_features(trunk_config, trunk_params, inputs, batch_size: int = 1024) -> np.ndarray:
+  """Runs a trunk (eval mode) over ``inputs`` (an array or a dict of arrays) in batches;
+  returns float32 features."""
   trunk = build_trunk(trunk_config)
   apply = jax.jit(lambda x: trunk.apply({"params": trunk_params}, x, train=False))
-  out = [np.asarray(apply(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
+  n = len(jax.tree.leaves(inputs)[0])
+  out = [np.asarray(apply(jax.tree.map(lambda x: x[i:i + batch_size], inputs)))
+         for i in range(0, n, batch_size)]
   return np.concatenate(out).astype(np.float32)
 
 
 def cache_features(splits, trunk_config, upstream: str):
-  """Replaces every split's inputs by the frozen upstream trunk's features."""
-  from mtl_jax.checkpoint import load_params_numpy
-  params = load_params_numpy(upstream)
+  """Replaces every split's inputs by the frozen upstream trunk's features.
+
+  ``upstream`` is a workdir or a Hugging Face checkpoint directory (as ``init_from``).
+  """
+  from mtl_jax import partial_load, paths
+  params = paths.unflatten(partial_load.load_checkpoint_params(upstream))
   if "trunk" not in params:
     raise ValueError(f"cached_probe: the checkpoint in {upstream} has no 'trunk' parameters")
   return {name: ArrayDataset(trunk_features(trunk_config, params["trunk"], ds.inputs),
