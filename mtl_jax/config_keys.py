@@ -21,6 +21,7 @@ DEFAULTS = {
     "transfer": None,               # dict(strategy=, upstream=, ...): see mtl_jax/transfer.py
     "weighting": None,              # dict(name=loss weighting | aggregator=..., ...): docs/weighting.md
     "regularizers": [],             # [dict(name=, weight=, select=regex, ...)]
+    "grad_accum_steps": 1,          # K microbatches per update (mtl_jax/step.py)
 }
 
 

@@ -42,6 +42,25 @@ def group_losses(group: TaskGroup, outputs: jax.Array, labels: Dict[str, jax.Arr
   return kinds.get(group.kind).loss(outputs, lab, msk)
 
 
+def task_loss_counts(specs: Sequence[TaskSpec], groups: Sequence[TaskGroup],
+                     labels: Dict[str, jax.Array], mask: Dict[str, jax.Array]) -> jax.Array:
+  """[num_tasks] denominators of the masked means (labelled examples, tokens or queries)."""
+  per_group = []
+  for g in groups:
+    lab = jnp.stack([labels[n] for n in g.names])
+    msk = jnp.stack([mask[n] for n in g.names])
+    per_group.append(kinds.get(g.kind).loss_count(lab, msk))
+  return _in_spec_order(specs, groups, jnp.concatenate(per_group))
+
+
+def _in_spec_order(specs, groups, flat):
+  flat_names = [n for g in groups for n in g.names]
+  order = [flat_names.index(s.name) for s in specs]
+  if order == list(range(len(order))):
+    return flat
+  return flat[jnp.asarray(order)]
+
+
 def task_losses(specs: Sequence[TaskSpec], groups: Sequence[TaskGroup],
                 outputs: Dict[str, jax.Array], labels: Dict[str, jax.Array],
                 mask: Dict[str, jax.Array]) -> jax.Array:
@@ -50,9 +69,4 @@ def task_losses(specs: Sequence[TaskSpec], groups: Sequence[TaskGroup],
   ``outputs`` maps each group key to its stacked [T_g, batch, ..., n] outputs.
   """
   per_group = [group_losses(g, outputs[g.key], labels, mask) for g in groups]
-  flat = jnp.concatenate(per_group)
-  flat_names = [n for g in groups for n in g.names]
-  order = [flat_names.index(s.name) for s in specs]
-  if order == list(range(len(order))):
-    return flat
-  return flat[jnp.asarray(order)]
+  return _in_spec_order(specs, groups, jnp.concatenate(per_group))

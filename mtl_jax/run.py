@@ -97,7 +97,8 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
       rng=state_rng, weighting=replicas.broadcast(strategy.init_state()))
   train_step = make_train_step(model=model, tx=tx, specs=specs, groups=groups, trainable=trainable,
                                regularizer=regularizers.build_regularizer(cfg("regularizers")),
-                               strategy=strategy, policy=policy)
+                               strategy=strategy, policy=policy,
+                               grad_accum_steps=int(cfg("grad_accum_steps")))
   return Program(config=config, specs=specs, groups=groups, model=model, replicas=replicas, tx=tx,
                  param_labels=labels, trainable=trainable, strategy=strategy, state=put(state),
                  train_step=replicas.vmap(train_step),
@@ -149,6 +150,11 @@ def setup(config, workdir: str, mesh=None) -> Run:
 
   mesh = mesh or parallel.make_mesh(cfg("num_devices"))
   parallel.check_batch_size(config.batch_size, mesh)
+  accum = int(cfg("grad_accum_steps"))
+  if accum < 1 or config.batch_size % (accum * mesh.size):
+    raise ValueError(f"grad_accum_steps={accum}: batch_size={config.batch_size} must split into "
+                     f"{accum} microbatches that each divide over the {mesh.size} devices "
+                     f"(batch_size % (grad_accum_steps * devices) == 0, grad_accum_steps >= 1)")
   parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   resume = checkpointer.latest_step() is not None

@@ -30,15 +30,40 @@ class TrainState:
   weighting: Any = dataclasses.field(default_factory=dict)
 
 
+def split_microbatches(tree, k: int):
+  """[B, ...] leaves -> [k, B/k, ...]; microbatch j holds rows j, j+k, j+2k, ...
+
+  Strided rows keep every microbatch spread evenly over the devices that
+  hold contiguous slices of the batch, so the split moves no data.
+  """
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"grad_accum_steps={k} does not divide the batch axis of size "
+                       f"{x.shape[0]}")
+    return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, tree)
+
+
 def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
                     groups: Sequence[tasks.TaskGroup], trainable, regularizer=None,
                     strategy: Optional[WeightingStrategy] = None,
-                    policy: Policy = Policy()):
+                    policy: Policy = Policy(), grad_accum_steps: int = 1):
   """Returns the pure step ``(state, batch) -> (state, metrics)``.
 
   ``regularizer`` (optional) maps params to a scalar added to the loss;
   ``strategy`` turns per-task losses into gradients (default: the weighted sum);
   ``policy`` is the mixed-precision policy (mtl_jax/precision.py).
+
+  ``grad_accum_steps=K`` runs the forward and backward passes over K
+  microbatches in a rematerialized ``lax.scan`` (one microbatch's activations
+  live at a time). Each microbatch's masked mean is weighted by its share of
+  the batch's labelled units, so the per-task losses, hence every strategy's
+  update, equal those of the whole batch at once (dropout aside: each
+  microbatch draws its own mask). Per-task gradients (Jacobian and Gramian
+  paths, GradNorm) are accumulated as sums of the microbatches' per-task
+  gradients, then aggregated: exact, with the Jacobian path's T x P memory;
+  the representation path's Gramian is exact as well (its rows are the
+  concatenation of the microbatches' rows).
 
   Frozen leaves (``trainable`` False) pass through ``stop_gradient``: their
   gradient is a symbolic zero, so XLA never computes their backward pass.
@@ -55,12 +80,35 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
 
     inputs = policy.for_compute(batch["inputs"])
 
+    def forward(params, z, inputs, labels, mask, rng):
+      outputs = model.apply(variables(policy.for_compute(params), z), inputs, train=True,
+                            rngs={"dropout": rng})
+      return losses.task_losses(specs, groups, policy.for_output(outputs), labels, mask)
+
+    if grad_accum_steps == 1:
+      def per_task_losses(params, z):
+        return forward(params, z, inputs, batch["labels"], batch["mask"], dropout_rng)
+    else:
+      micro = split_microbatches((inputs, batch["labels"], batch["mask"]), grad_accum_steps)
+      total = jnp.maximum(losses.task_loss_counts(specs, groups, batch["labels"], batch["mask"]),
+                          1.0)
+
+      def per_task_losses(params, z):
+        zs = None if z is None else split_microbatches(z, grad_accum_steps)
+
+        def body(acc, xs):
+          (x, labels, mask), zk, k = xs
+          per = forward(params, zk, x, labels, mask, jax.random.fold_in(dropout_rng, k))
+          share = losses.task_loss_counts(specs, groups, labels, mask) / total
+          return acc + per * share.astype(per.dtype), None
+
+        init = jnp.zeros((len(specs),), policy.output)
+        return jax.lax.scan(jax.checkpoint(body), init,
+                            (micro, zs, jnp.arange(grad_accum_steps)))[0]
+
     def terms(params, z):
       params = freeze(params)
-      outputs = model.apply(variables(policy.for_compute(params), z), inputs, train=True,
-                            rngs={"dropout": dropout_rng})
-      outputs = policy.for_output(outputs)
-      per_task = losses.task_losses(specs, groups, outputs, batch["labels"], batch["mask"])
+      per_task = per_task_losses(params, z)
       reg = regularizer(params) if regularizer else jnp.zeros((), jnp.float32)
       return per_task, reg
 

@@ -123,6 +123,13 @@ class TaskKind:
     n = 1 + self.position_axes
     return masked_mean(flatten_trailing(per, n), flatten_trailing(mask, n))
 
+  def loss_count(self, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """How many units ``loss`` averages over ([..., B, ...] -> [...]): the denominator that
+    lets gradient accumulation weight microbatches into the exact large-batch mean."""
+    del labels
+    n = 1 + self.position_axes
+    return jnp.sum(flatten_trailing(mask, n).astype(jnp.float32), axis=-1)
+
   # -------------------------------------------------------- NumPy metrics
 
   def numpy_loss(self, spec, outputs: np.ndarray, labels: np.ndarray,

@@ -116,6 +116,11 @@ class Ranking(TaskKind):
     per, counts = listwise_softmax_loss(outputs[..., 0], labels, mask)
     return masked_mean(per, counts)
 
+  def loss_count(self, labels, mask):
+    """Queries with a valid relevant candidate: what ``loss`` averages over."""
+    rel = jnp.where(mask, labels, 0)
+    return jnp.sum((mask.any(-1) & (rel.sum(-1) > 0)).astype(jnp.float32), axis=-1)
+
   def numpy_loss(self, spec, outputs, labels, mask=None):
     """Loss of each query with a relevant candidate, float64."""
     s = outputs[..., 0].astype(np.float64)
