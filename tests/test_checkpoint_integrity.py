@@ -2,7 +2,8 @@
 
 One 20-step run (checkpoints at 10 and 20) is copied per test and damaged
 the way a disk or a careless copy would: flipped bytes, a truncated or a
-deleted array file, a full disk during a save, an unparsable config.json.
+deleted array file, a value rewritten in a well-formed file, a full disk during a
+save, an unparsable config.json.
 """
 
 import errno
@@ -13,6 +14,7 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
@@ -57,13 +59,15 @@ def _flip(path):
   open(path, "wb").write(bytes(b))
 
 
-def _flip_raw_block(path):
-  """64 bytes in the middle of the file: inside an incompressible (raw-stored) float block,
-  so the file still decodes and only the checksum can tell the values changed."""
-  b = bytearray(open(path, "rb").read())
-  for i in range(len(b) // 2, len(b) // 2 + 64):
-    b[i] ^= 0xFF
-  open(path, "wb").write(bytes(b))
+def _rewrite_one_value(workdir, step):
+  """Changes one parameter inside a well-formed array file: only the checksum can tell."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    tree["params"]["trunk"]["block_0"]["Dense_0"]["kernel"][3, 4] += 1e-3
+    ckptr.save(path, args=ocp.args.PyTreeSave(tree), force=True)
 
 
 def _truncate(path):
@@ -76,11 +80,14 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("damage", [_flip, _flip_raw_block, _truncate, os.remove],
-                         ids=["flip", "flip_raw", "truncate", "missing"])
+@pytest.mark.parametrize("damage", ["flip", "rewrite", "truncate", "missing"])
 def test_corrupt_newest_checkpoint_falls_back_to_older_one(trained, tmp_path, damage):
   workdir = _copy(trained, tmp_path)
-  damage(_biggest_array_file(workdir, 20))
+  if damage == "rewrite":
+    _rewrite_one_value(workdir, 20)
+  else:
+    {"flip": _flip, "truncate": _truncate, "missing": os.remove}[damage](
+        _biggest_array_file(workdir, 20))
   # Reading step 20 explicitly fails, naming the checkpoint.
   with pytest.raises(CorruptCheckpointError, match=r"checkpoints/20"):
     load_params_numpy(workdir, 20)
@@ -92,10 +99,11 @@ def test_corrupt_newest_checkpoint_falls_back_to_older_one(trained, tmp_path, da
   _assert_same(load_params_numpy(workdir), trained[1])
 
 
-def test_flip_is_caught_by_the_checksum(trained, tmp_path):
+def test_changed_value_is_caught_by_the_checksum(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
-  _flip_raw_block(_biggest_array_file(workdir, 20))
-  with pytest.raises(CorruptCheckpointError, match=r"checkpoints/20: array '.*' .* fails its checksum"):
+  _rewrite_one_value(workdir, 20)
+  with pytest.raises(CorruptCheckpointError, match=r"checkpoints/20: array "
+                     r"'params/trunk/block_0/Dense_0/kernel' \(40, 32\) fails its checksum"):
     load_params_numpy(workdir, 20)
 
 
