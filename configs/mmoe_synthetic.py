@@ -36,14 +36,16 @@ def get_config(arg: str = "0.5") -> ml_collections.ConfigDict:
   items = [a for a in (arg or "").split(",") if a]
   runlocal = "runlocal" in items
   values = [a for a in items if a != "runlocal"]
+  for v in values:
+    try:
+      float(v)
+    except ValueError:
+      raise ConfigError(f"configs/mmoe_synthetic.py: unknown config argument {v!r} in {arg!r}; "
+                        f"valid: P[,runlocal] with P a correlation in [0, 1]") from None
   if len(values) > 1:
     raise ConfigError(f"configs/mmoe_synthetic.py: argument {arg!r} has {len(values)} values "
                       f"{values}; valid: P[,runlocal] with P in [0, 1]")
-  try:
-    p = float(values[0]) if values else 0.5
-  except ValueError:
-    raise ConfigError(f"configs/mmoe_synthetic.py: unknown config argument {values[0]!r} in "
-                      f"{arg!r}; valid: P[,runlocal] with P a correlation in [0, 1]") from None
+  p = float(values[0]) if values else 0.5
   if not 0 <= p <= 1:
     raise ConfigError(f"configs/mmoe_synthetic.py: correlation p={p} in {arg!r}; valid: [0, 1]")
 

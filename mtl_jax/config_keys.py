@@ -5,6 +5,10 @@ valid keys instead of being silently ignored; ``check_config_keys`` then runs
 ``config_validation.validate_config`` so values out of range fail too.
 """
 
+class ConfigError(ValueError):
+  """A config key or value is invalid; the message names the key and the valid range."""
+
+
 REQUIRED = ("data", "tasks", "model", "optimizer", "batch_size", "num_train_steps")
 
 DEFAULTS = {

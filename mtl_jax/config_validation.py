@@ -12,10 +12,7 @@ import numbers
 from typing import Any, Callable, Iterator, Tuple
 
 from mtl_jax import config_keys, optim
-
-
-class ConfigError(ValueError):
-  """A config value is outside its valid range."""
+from mtl_jax.config_keys import ConfigError  # noqa: F401  (re-exported)
 
 
 def _is_int(v) -> bool:

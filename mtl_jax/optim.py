@@ -15,6 +15,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from mtl_jax.config_keys import ConfigError
+
 FROZEN = "frozen"
 
 
@@ -92,7 +94,7 @@ OPTIONS = {"adam": (), "adamw": ("weight_decay",), "sgd": ("momentum",)}
 
 
 def check_options(opt_config) -> None:
-  """Raises ValueError naming an option the chosen optimizer does not read, or a bad value."""
+  """Raises ConfigError naming an option the chosen optimizer does not read, or a bad value."""
   opt = dict(opt_config)
   name = opt.get("name", "adam")
   if name not in OPTIONS:
@@ -102,10 +104,10 @@ def check_options(opt_config) -> None:
   if unknown:
     used_by = {k: [n for n, o in OPTIONS.items() if k in o] for k in unknown}
     hint = "; ".join(f"{k!r} is read only by {v}" for k, v in used_by.items() if v)
-    raise ValueError(f"optimizer {name!r}: unknown option(s) {unknown}"
+    raise ConfigError(f"optimizer {name!r}: unknown option(s) {unknown}"
                      f"{' (' + hint + ')' if hint else ''}; valid options: {sorted(valid)}")
   if "learning_rate" not in opt:
-    raise ValueError(f"optimizer {name!r}: learning_rate is required")
+    raise ConfigError(f"config.optimizer.learning_rate is required (optimizer {name!r})")
   checks = {"learning_rate": (lambda v: v > 0, "> 0"),
             "warmup_steps": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
             "grad_clip_norm": (lambda v: v is None or v >= 0, "None or >= 0 (0/None: no clipping)"),
@@ -116,7 +118,7 @@ def check_options(opt_config) -> None:
       v = opt[key]
       good = (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))) and ok(v)
       if not good:
-        raise ValueError(f"config.optimizer.{key} = {v!r}: must be {valid_range}")
+        raise ConfigError(f"config.optimizer.{key} = {v!r}: must be {valid_range}")
 
 
 def _base_optimizer(opt_config, lr) -> optax.GradientTransformation:
