@@ -345,7 +345,8 @@ def _read_checksums(directory: str, step: int) -> Optional[Dict[str, dict]]:
     raise CorruptCheckpointError(f"{where}/checksums: unreadable ({_describe(e)})") from e
 
 
-def _load_params_step(directory: str, step: int):
+def _load_state_step(directory: str, step: int, only: Optional[str] = None):
+  """The saved state (or its ``only`` entry, e.g. "params") as NumPy, checksums verified."""
   where = os.path.join(directory, str(step))
   saved = _read_checksums(directory, step)
   path = os.path.join(where, "state")
@@ -353,12 +354,16 @@ def _load_params_step(directory: str, step: int):
     with ocp.PyTreeCheckpointer() as ckptr:
       tree = ckptr.metadata(path).item_metadata.tree
       args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-      params = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))["params"]
+      state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(f"{where}: cannot be read ({_describe(e)})") from e
   if saved is not None:
-    _verify(saved, tree_checksums({"params": params}), where)
-  return params
+    _verify(saved, tree_checksums(state), where)
+  return state if only is None else {only: state[only]}
+
+
+def _load_params_step(directory: str, step: int):
+  return _load_state_step(directory, step, "params")["params"]
 
 
 def load_params_numpy(workdir: str, step: Optional[int] = None):
@@ -393,3 +398,10 @@ def load_params_numpy(workdir: str, step: Optional[int] = None):
       warnings.warn(msg, CheckpointFallbackWarning)
     return params
   raise CorruptCheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(failures))
+
+
+def load_state_numpy(workdir: str, step: int):
+  """The whole saved train state of checkpoint ``step`` (params, opt_state, weighting, ...),
+  verified, as a nested dict of host NumPy arrays (for tests and tools)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return _load_state_step(directory, step)
