@@ -132,7 +132,8 @@ def _array_record(x) -> dict:
   a = _host_array(x)
   if a is None:
     return {"shape": list(np.shape(x)), "dtype": str(x.dtype), "crc32": None}
-  return {"shape": list(a.shape), "dtype": str(a.dtype), "crc32": zlib.crc32(a.tobytes())}
+  raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)  # no copy when already C-ordered
+  return {"shape": list(a.shape), "dtype": str(a.dtype), "crc32": zlib.crc32(raw)}
 
 
 def tree_checksums(tree) -> Dict[str, dict]:
@@ -200,11 +201,13 @@ class Checkpointer:
       self._mngr.reload()  # forget the step orbax may still list
     except Exception:  # pylint: disable=broad-except
       pass
+    latest = self._mngr.latest_step()
+    kept = (f"the previous checkpoint (step {latest}) is intact. Free space (or lower "
+            f"keep_checkpoints) and rerun the same command to resume from it"
+            if latest is not None else "no earlier checkpoint exists. Free space and rerun")
     return DiskFullError(
-        errno.ENOSPC,
-        f"disk full while saving the checkpoint of step {step} in {self.directory}; the previous "
-        f"checkpoint (step {self._mngr.latest_step()}) is intact. Free space (or lower "
-        f"keep_checkpoints) and rerun the same command to resume from it. Cause: {e}")
+        errno.ENOSPC, f"disk full while saving the checkpoint of step {step} in "
+        f"{self.directory}; {kept}. Cause: {e}")
 
   def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> None:
     checksums = {"arrays": tree_checksums(state), "data_crc32": _json_crc(data_state)}
