@@ -158,3 +158,21 @@ def test_unparsable_config_json_is_a_clear_error(trained, tmp_path):
     f.write("}garbage")
   with pytest.raises(IncompatibleWorkdirError, match=r"config.json is not valid JSON \(line"):
     train.train_and_evaluate(_config(), workdir)
+
+
+def test_missing_checksum_file_counts_as_corrupt(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  os.remove(os.path.join(workdir, "checkpoints", "20", "checksums", "metadata"))
+  with pytest.warns(CheckpointFallbackWarning, match=r"20/checksums: unreadable.*step 10"):
+    train.train_and_evaluate(_config(), workdir)
+  _assert_same(load_params_numpy(workdir), trained[1])
+
+
+def test_checkpoint_from_before_checksums_restores_with_a_warning(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  for step in (10, 20):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "checksums"))
+  with pytest.warns(CheckpointFallbackWarning, match=r"checkpoints/20 has no checksums \(older "
+                                                     r"format\): restored unverified"):
+    train.train_and_evaluate(_config(), workdir)  # step 20 of 20: restores, evaluates
+  _assert_same(load_params_numpy(workdir), trained[1])
