@@ -4,6 +4,7 @@ from typing import Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
+from absl import logging
 
 from mtl_jax import metrics, parallel
 from mtl_jax.data.base import ArrayDataset
@@ -39,15 +40,24 @@ def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: 
 
 
 def aggregate_replicas(per_replica: List[Results]) -> Results:
-  """{task: {metric: mean}} plus ``<metric>_se`` (standard error over replicas)."""
+  """{task: {metric: mean}} plus ``<metric>_se`` (standard error over replicas).
+
+  A replica whose metric is not finite (a diverged seed) is left out of that
+  mean, loudly: a warning, and ``<metric>_finite`` says how many replicas count.
+  """
   if len(per_replica) == 1:
     return per_replica[0]
   out = {}
   for task, task_metrics in per_replica[0].items():
     out[task] = {}
     for m in task_metrics:
-      mean, se, _ = metrics.mean_se([r[task][m] for r in per_replica])
+      mean, se, n = metrics.mean_se([r[task][m] for r in per_replica])
       out[task][m] = mean
       if m != "count":
         out[task][f"{m}_se"] = se
+      if n != len(per_replica):
+        bad = [i for i, r in enumerate(per_replica) if not np.isfinite(r[task][m])]
+        logging.warning("task %r metric %r is not finite for replicas %s; the mean and s.e. "
+                        "are over the other %d", task, m, bad, n)
+        out[task][f"{m}_finite"] = n
   return out

@@ -67,5 +67,8 @@ def delta_m(values: Dict[str, float], baseline: Dict[str, float],
     except KeyError as e:
       raise KeyError(f"delta_m: task {task!r}: {e.args[0]}") from None
     sign = 1.0 if up else -1.0
+    if not np.isfinite(baseline[task]) or baseline[task] == 0:
+      raise ValueError(f"delta_m: the baseline {metric} of task {task!r} is {baseline[task]}; "
+                       "a relative change needs a finite, non-zero baseline")
     terms.append(sign * (values[task] - baseline[task]) / abs(baseline[task]))
   return 100.0 * float(np.mean(terms))

@@ -16,6 +16,7 @@ from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regu
                      transfer)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
+from mtl_jax.data.checks import check_splits
 from mtl_jax.data.feed import TrainFeed
 from mtl_jax.models import build_model
 from mtl_jax.models.sharing import layout as sharing_layout
@@ -131,6 +132,7 @@ def load_splits(config, specs) -> Dict[str, Any]:
       continue
     tasks.validate_batch(specs, ds.labels, ds.mask, inputs=ds.inputs)
     splits[split] = ds.select_tasks(names)
+  check_splits(splits)
   return splits
 
 

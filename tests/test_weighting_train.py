@@ -10,9 +10,11 @@ import pytest
 
 from conftest import flat_params, tiny_config
 from mtl_jax import losses, train
+from mtl_jax.checkpoint import load_state_numpy
 from mtl_jax.models import build_model, sharing
 from mtl_jax.tasks import TaskSpec, group_tasks
 from mtl_jax.weighting import AGGREGATORS
+from mtl_jax.weighting.loss import LOSS_WEIGHTINGS
 from mtl_jax.weighting.strategy import LossProblem, build_strategy
 
 SPECS = (TaskSpec("a", "binary"), TaskSpec("b", "multiclass", 3), TaskSpec("c", "regression"))
@@ -104,9 +106,79 @@ def test_end_to_end_training_logs_weights_and_conflict(workdir, weighting):
   assert "train/digit/weight" in rows[-1] or "train/digit/grad_norm" in rows[-1]
   if "aggregator" in weighting:
     assert -1.0 <= rows[-1]["train/grad_cosine/digit__digit_ge5"] <= 1.0
-  # Resuming restores the weighting state too (a longer run on the same workdir).
-  c.num_train_steps = 8
-  train.train_and_evaluate(c, workdir)
+
+
+WEIGHTING_OPTIONS = {"gradnorm": {"alpha": 0.12}, "dwa": {"window_steps": 2},
+                     "static": {"weights": (1.0, 1.0, 1.0)}}
+
+
+def _stateful_loss_weightings():
+  out = []
+  for name in LOSS_WEIGHTINGS:
+    comb = build_strategy({"name": name, "options": WEIGHTING_OPTIONS.get(name, {})}, 3, PARAMS)
+    if jax.tree.leaves(comb.init_state()):
+      out.append(name)
+  return out
+
+
+STATEFUL = _stateful_loss_weightings()
+
+
+def test_the_stateful_loss_weightings_are_found():
+  assert {"uncertainty", "dwa", "gradnorm", "famo"} <= set(STATEFUL), STATEFUL
+
+
+def _resume_pair(tmp_path, name, break_restore=None):
+  """(uninterrupted step-8 state, step-8 state resumed from the step-4 checkpoint)."""
+  import shutil
+  c = tiny_config(weighting={"name": name, "options": WEIGHTING_OPTIONS.get(name, {})})
+  c.optimizer.schedule = "constant"  # a cosine schedule would depend on num_train_steps
+  c.num_train_steps, c.checkpoint_every_steps, c.log_every_steps = 8, 4, 4
+  full = str(tmp_path / "full")
+  train.train_and_evaluate(c, full)
+  part = str(tmp_path / "part")
+  shutil.copytree(full, part)
+  shutil.rmtree(os.path.join(part, "checkpoints", "8"))  # as if killed after step 4's save
+  if break_restore:
+    break_restore()
+  train.train_and_evaluate(c, part)
+  return load_state_numpy(full, 8), load_state_numpy(part, 8), load_state_numpy(full, 4)
+
+
+def _assert_bitwise_equal(a, b):
+  flat = lambda t: {jax.tree_util.keystr(p): np.asarray(x)  # noqa: E731
+                    for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+  fa, fb = flat(a), flat(b)
+  assert sorted(fa) == sorted(fb)
+  for k in fa:
+    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_resuming_restores_the_weighting_state_bitwise(tmp_path, name):
+  full, resumed, at4 = _resume_pair(tmp_path, name)
+  assert jax.tree.leaves(full["weighting"]), "no weighting state was saved"
+  # The state moves between the checkpoints, so a reset on restore would show.
+  assert any(not np.array_equal(x, y) for x, y in
+             zip(jax.tree.leaves(full["weighting"]), jax.tree.leaves(at4["weighting"])))
+  _assert_bitwise_equal(resumed["weighting"], full["weighting"])
+  _assert_bitwise_equal(resumed["params"], full["params"])
+  _assert_bitwise_equal(resumed["opt_state"], full["opt_state"])
+
+
+def test_the_resume_check_catches_a_weighting_reset(tmp_path, monkeypatch):
+  """The bug the check above exists for: restore hands back a fresh weighting state."""
+  from mtl_jax import checkpoint
+  restore = checkpoint.Checkpointer.restore
+
+  def restore_but_reset_weighting(self, abstract_state, step=None):
+    state, data = restore(self, abstract_state, step)
+    return state.replace(weighting=abstract_state.weighting), data
+
+  full, resumed, _ = _resume_pair(tmp_path, "uncertainty", lambda: monkeypatch.setattr(
+      checkpoint.Checkpointer, "restore", restore_but_reset_weighting))
+  with pytest.raises(AssertionError):
+    _assert_bitwise_equal(resumed["weighting"], full["weighting"])
 
 
 def test_representation_mode_weights_one_backward_pass(workdir):
