@@ -93,6 +93,12 @@ def _host_init(shapes, seed: int):
   return jax.device_put(jax.tree_util.tree_map_with_path(one, shapes))
 
 
+def flat_leaves(tree) -> Dict[str, Any]:
+  """{"trunk/block_0/Dense_0/kernel": leaf, ...} (mtl_jax.paths.flatten)."""
+  from mtl_jax import paths
+  return paths.flatten(tree)
+
+
 def _config_dict(config: Mapping[str, Any], seed: int, weighting=None) -> ml_collections.ConfigDict:
   c = {k: v for k, v in config.items() if k != "input_shape"}
   c.setdefault("num_train_steps", 1000)

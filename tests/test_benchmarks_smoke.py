@@ -18,7 +18,8 @@ BENCH = os.path.join(ROOT, "benchmarks")
 # Script -> extra arguments (after --quick --repeats 2).
 SCRIPTS = {"many_tasks_step_time": ("--steps", "1"), "frozen_trunk_step_time": ("--steps", "1"),
            "weighting_step_time": ("--steps", "1"), "cached_probe_epoch_time": (),
-           "soft_vs_separate_step_time": ("--steps", "1"), "num_seeds_time": ()}
+           "soft_vs_separate_step_time": ("--steps", "1"), "num_seeds_time": (),
+           "weighting_scale": ()}
 # Seconds per script (default 180): num_seeds_time starts two fresh training processes.
 TIMEOUTS = {"num_seeds_time": 300}
 
@@ -162,3 +163,15 @@ def test_num_seeds_json(outputs):
   assert res["extrapolated"] == (res["config"]["sequential_runs_timed"] < res["config"]["num_seeds"])
   assert _positive(res["ratio"])
   assert isinstance(res["target_met"], bool)
+
+
+def test_weighting_scale_json(outputs):
+  out = outputs["weighting_scale"]
+  assert set(out["targets"]) == {"aggregator_over_mean_at_T", "gramian_temp_over_ew",
+                                 "gramian_no_t_by_p_buffer", "representation_over_ew"}
+  for key, times in out["step_time_ms"].items():
+    assert times and all(math.isfinite(v) and v > 0 for v in times.values()), key
+  # The HLO check can tell the paths apart: the stored Jacobian has the T x P buffer.
+  for key, found in out["t_by_p_buffer"].items():
+    if "jacobian/mean" in found:
+      assert found["jacobian/mean"] and not found["gramian/mean"], key

@@ -193,3 +193,33 @@ def test_tfds_dataset_not_prepared(tmp_path):
   with pytest.raises(DatasetNotPreparedError,
                      match=rf"TFDS dataset 'mnist' is not prepared in data_dir {tmp_path}"):
     tfds_dataset("mnist", tasks={"digit": "label"}, data_dir=str(tmp_path))
+
+
+def _dict_ds(n=6, length=5, nan_at=None, length_x=None):
+  ids = np.ones((n, length), np.int32)
+  x = np.zeros((n, length_x or length), np.float32)
+  if nan_at is not None:
+    x[nan_at, 1] = np.nan
+  return ArrayDataset({"input_ids": ids, "x": x}, {"y": np.zeros(n, np.float32)},
+                      {"y": np.ones(n, bool)})
+
+
+def test_check_splits_walks_dict_inputs():
+  check_splits({"train": _dict_ds(), "validation": _dict_ds(4)})
+  with pytest.raises(DataCheckError, match=r"split 'validation': key 'inputs/x' of example 2 is nan"):
+    check_splits({"train": _dict_ds(), "validation": _dict_ds(4, nan_at=2)})
+  with pytest.raises(DataCheckError, match=r"key 'inputs/x' has per-example shape \(7,\)"):
+    check_splits({"train": _dict_ds(), "validation": _dict_ds(4, length_x=7)})
+
+
+def test_check_splits_reads_per_position_masks():
+  """NaN relevance under a masked-out candidate is a placeholder, not an error."""
+  rel = np.ones((4, 3), np.float32)
+  rel[1, 2] = np.nan
+  mask = np.ones((4, 3), bool)
+  mask[1, 2] = False
+  ds = ArrayDataset(np.zeros((4, 3, 2), np.float32), {"r": rel}, {"r": mask})
+  check_splits({"train": ds, "validation": ds})
+  mask[1, 2] = True
+  with pytest.raises(DataCheckError, match="labels of task 'r' of example 1 are not finite"):
+    check_splits({"train": ds, "validation": ArrayDataset(ds.inputs, {"r": rel}, {"r": mask})})

@@ -8,6 +8,7 @@ must keep at least one labelled train example (a hide rate of 1 leaves none).
 
 from typing import Mapping
 
+import jax
 import numpy as np
 
 from mtl_jax.data.base import ArrayDataset
@@ -39,28 +40,40 @@ def check_splits(splits: Mapping[str, ArrayDataset]) -> None:
       raise DataCheckError(f"the data has no {name!r} split")
     if len(splits[name]) == 0:
       raise DataCheckError(f"split {name!r} has no examples (0 inputs)")
-  train_shape = tuple(splits["train"].inputs.shape[1:])
+  def leaves(inputs):
+    """{key: array}: 'inputs' for an array, 'inputs/<key>' for each entry of a dict."""
+    flat = jax.tree_util.tree_flatten_with_path(inputs)[0]
+    return {"/".join(["inputs"] + [str(getattr(k, "key", k)) for k in path]): np.asarray(x)
+            for path, x in flat}
+
+  train_leaves = leaves(splits["train"].inputs)
   for name, ds in splits.items():
     if ds is None:
       continue
-    shape = tuple(ds.inputs.shape[1:])
-    if shape != train_shape:
-      raise DataCheckError(f"split {name!r}: key 'inputs' has per-example shape {shape}, but "
-                           f"train has {train_shape} (full shapes {ds.inputs.shape} vs "
-                           f"{splits['train'].inputs.shape})")
-    if np.issubdtype(ds.inputs.dtype, np.inexact):
-      bad = _first_nonfinite(np.asarray(ds.inputs))
-      if bad is not None:
-        i, pos, value, count = bad
-        raise DataCheckError(f"split {name!r}: key 'inputs' of example {i} is {value} at "
-                             f"position {pos} ({count} examples have NaN/Inf inputs); metrics "
-                             f"on it would be NaN. Clean or drop these examples.")
+    split_leaves = leaves(ds.inputs)
+    if sorted(split_leaves) != sorted(train_leaves):
+      raise DataCheckError(f"split {name!r}: inputs have keys {sorted(split_leaves)}, but train "
+                           f"has {sorted(train_leaves)}")
+    for key, x in split_leaves.items():
+      shape, train_shape = tuple(x.shape[1:]), tuple(train_leaves[key].shape[1:])
+      if shape != train_shape:
+        raise DataCheckError(f"split {name!r}: key {key!r} has per-example shape {shape}, but "
+                             f"train has {train_shape} (full shapes {x.shape} vs "
+                             f"{train_leaves[key].shape})")
+      if np.issubdtype(x.dtype, np.inexact):
+        bad = _first_nonfinite(x)
+        if bad is not None:
+          i, pos, value, count = bad
+          raise DataCheckError(f"split {name!r}: key {key!r} of example {i} is {value} at "
+                               f"position {pos} ({count} examples have NaN/Inf inputs); metrics "
+                               f"on it would be NaN. Clean or drop these examples.")
     for task, labels in ds.labels.items():
       labels = np.asarray(labels)
       if np.issubdtype(labels.dtype, np.inexact):
         mask = np.asarray(ds.mask[task], bool)
-        flat = labels.reshape(len(labels), -1)
-        rows = np.flatnonzero(mask & ~np.isfinite(flat).all(axis=1))
+        # Per-position masks ([B, L]) cover labels [B, L, ...] entry by entry.
+        finite = np.isfinite(labels).reshape(labels.shape[:mask.ndim] + (-1,)).all(-1)
+        rows = np.flatnonzero((mask & ~finite).reshape(len(labels), -1).any(1))
         if len(rows):
           raise DataCheckError(f"split {name!r}: labels of task {task!r} of example "
                                f"{int(rows[0])} are not finite ({len(rows)} labelled examples "
