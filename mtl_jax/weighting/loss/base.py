@@ -82,6 +82,23 @@ class LossWeighting:
     return f"{type(self).__name__}({opts})"
 
 
+class LearnedLossWeighting(LossWeighting):
+  """A weighting whose per-task vector ``state[learned]`` is trained by its own small optimizer
+  (options ``lr`` and ``optimizer``, "adam" or "sgd"); the vector starts at ``initial``."""
+
+  learned = ""
+  initial = 0.0
+
+  def __init__(self, num_tasks: int, lr: float, optimizer: str):
+    super().__init__(num_tasks)
+    self.lr = float(lr)
+    self.optimizer = check_optimizer(optimizer)
+
+  def init(self) -> State:
+    x = jnp.full((self.num_tasks,), self.initial, jnp.float32)
+    return {self.learned: x, "opt": opt_init(self.optimizer, x)}
+
+
 OPTIMIZERS = ("sgd", "adam")
 
 

@@ -24,29 +24,23 @@ assumed, L → 0 is handled by ε). Losses must be non-negative for the logs.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.loss.base import (LOSS_WEIGHTINGS, LossWeighting, check_optimizer, opt_init,
-                                         opt_step)
+from mtl_jax.weighting.loss.base import LOSS_WEIGHTINGS, LearnedLossWeighting, opt_step
 
 
 @LOSS_WEIGHTINGS.register("famo")
-class FAMO(LossWeighting):
+class FAMO(LearnedLossWeighting):
   """Logits ξ updated from the log-loss decrease; options `lr`, `gamma`, `eps`, `optimizer`."""
 
   needs_new_losses = True
+  learned = "logits"
 
   def __init__(self, num_tasks: int, lr: float = 0.025, gamma: float = 0.01, eps: float = 1e-8,
                optimizer: str = "adam"):
-    super().__init__(num_tasks)
+    super().__init__(num_tasks, lr, optimizer)
     if not eps > 0:
       raise ValueError(f"famo: eps must be positive, got {eps!r}")
-    self.lr = float(lr)
     self.gamma = float(gamma)
     self.eps = float(eps)
-    self.optimizer = check_optimizer(optimizer)
-
-  def init(self):
-    xi = jnp.zeros((self.num_tasks,), jnp.float32)
-    return {"logits": xi, "opt": opt_init(self.optimizer, xi)}
 
   def combine(self, state, losses, rng=None):
     losses = self.check_losses(losses)

@@ -24,22 +24,23 @@ towards equal training rates, closer to plain gradient-norm equalisation).
 
 import jax.numpy as jnp
 
-from mtl_jax.weighting.loss.base import (LOSS_WEIGHTINGS, LossWeighting, check_optimizer, opt_init,
-                                         opt_step)
+from mtl_jax.weighting.loss.base import LOSS_WEIGHTINGS, LearnedLossWeighting, opt_step
 
 
 @LOSS_WEIGHTINGS.register("gradnorm")
-class GradNorm(LossWeighting):
+class GradNorm(LearnedLossWeighting):
   """Learned weights w (Σ w = T).
 
   Options: `layer_regex` (required), `alpha`, `lr`, `optimizer`, `min_weight`.
   """
 
   needs_layer_grad_norms = True
+  learned = "weights"
+  initial = 1.0
 
   def __init__(self, num_tasks: int, layer_regex: str = None, alpha: float = 1.5,
                lr: float = 0.025, optimizer: str = "sgd", min_weight: float = 1e-3):
-    super().__init__(num_tasks)
+    super().__init__(num_tasks, lr, optimizer)
     if not layer_regex:
       raise ValueError("gradnorm needs `layer_regex`, a full-match regex on '/'-joined parameter "
                        "paths selecting the last shared layer, e.g. 'trunk/block_3/Dense_0/kernel'")
@@ -47,14 +48,11 @@ class GradNorm(LossWeighting):
       raise ValueError(f"gradnorm: min_weight must be positive, got {min_weight!r}")
     self.layer_regex = layer_regex
     self.alpha = float(alpha)
-    self.lr = float(lr)
-    self.optimizer = check_optimizer(optimizer)
     self.min_weight = float(min_weight)
 
   def init(self):
-    w = jnp.ones((self.num_tasks,), jnp.float32)
-    return {"weights": w, "initial_losses": jnp.ones_like(w), "has_initial": jnp.zeros((), w.dtype),
-            "opt": opt_init(self.optimizer, w)}
+    return {**super().init(), "initial_losses": jnp.ones((self.num_tasks,), jnp.float32),
+            "has_initial": jnp.zeros((), jnp.float32)}
 
   def weights(self, state, rng):
     return state["weights"]

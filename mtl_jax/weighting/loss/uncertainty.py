@@ -21,22 +21,17 @@ stop): the caller passes d total / d state as `StepInfo.state_grad`, and
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.loss.base import (LOSS_WEIGHTINGS, LossWeighting, check_optimizer, opt_init,
-                                         opt_step)
+from mtl_jax.weighting.loss.base import LOSS_WEIGHTINGS, LearnedLossWeighting, opt_step
 
 
 @LOSS_WEIGHTINGS.register("uncertainty")
-class Uncertainty(LossWeighting):
+class Uncertainty(LearnedLossWeighting):
   """Learned log-variances s: weights exp(-s); options `lr`, `optimizer` ("adam" or "sgd")."""
 
-  def __init__(self, num_tasks: int, lr: float = 1e-2, optimizer: str = "adam"):
-    super().__init__(num_tasks)
-    self.lr = float(lr)
-    self.optimizer = check_optimizer(optimizer)
+  learned = "log_vars"
 
-  def init(self):
-    s = jnp.zeros((self.num_tasks,), jnp.float32)
-    return {"log_vars": s, "opt": opt_init(self.optimizer, s)}
+  def __init__(self, num_tasks: int, lr: float = 1e-2, optimizer: str = "adam"):
+    super().__init__(num_tasks, lr, optimizer)
 
   def combine(self, state, losses, rng=None):
     losses = self.check_losses(losses)
