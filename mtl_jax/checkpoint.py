@@ -34,7 +34,9 @@ from absl import logging
 
 # Keys that may change between runs on one workdir (e.g. to train longer).
 RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints", "progress_bar")
+                  "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
+                  # where the arrays live, not what they are: a run resumes onto another mesh
+                  "num_devices", "mesh", "sharding")
 
 
 class IncompatibleWorkdirError(ValueError):

@@ -27,6 +27,8 @@ DEFAULTS = {
     "weighting": None,              # dict(name=loss weighting | aggregator=..., ...): docs/weighting.md
     "regularizers": [],             # [dict(name=, weight=, select=regex, ...)]
     "grad_accum_steps": 1,          # K microbatches per update (mtl_jax/step.py)
+    "mesh": None,                   # dict(model=M): a (data, model) mesh; data takes the rest
+    "sharding": "replicated",       # "fsdp" | "tensor_parallel" | [(regex, spec)]: mtl_jax/sharding.py
 }
 
 

@@ -15,6 +15,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
@@ -45,8 +46,13 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                jax.device_count())
 
 
-def make_mesh(num_devices: Optional[int] = None) -> Mesh:
-  """A 1-D ``data`` mesh over the first ``num_devices`` devices (all by default)."""
+def make_mesh(num_devices: Optional[int] = None, model: int = 1) -> Mesh:
+  """A ``(data, model)`` mesh over the first ``num_devices`` devices (all by default).
+
+  ``model`` devices per model-parallel group (parameters split by
+  ``mtl_jax.sharding`` rules); ``data`` takes the rest. The batch is sharded
+  on ``data`` only.
+  """
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
@@ -54,7 +60,15 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
     if jax.process_count() > 1 and num_devices != len(devices):
       raise ValueError("num_devices must use every device in a multi-host run")
     devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  if model < 1 or len(devices) % model:
+    raise ValueError(f"config.mesh.model={model} does not divide the {len(devices)} devices; "
+                     f"the mesh is (data, model) = ({len(devices)} / model, model)")
+  return Mesh(np.asarray(devices).reshape(len(devices) // model, model), (DATA_AXIS, MODEL_AXIS))
+
+
+def data_size(mesh: Mesh) -> int:
+  """Devices the batch is split over."""
+  return mesh.shape[DATA_AXIS]
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -66,9 +80,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
-  if global_batch_size % mesh.size:
-    raise ValueError(f"{what}={global_batch_size} is not divisible by the {mesh.size} "
-                     f"devices of the mesh")
+  if global_batch_size % data_size(mesh):
+    raise ValueError(f"{what}={global_batch_size} is not divisible by the {data_size(mesh)} "
+                     f"devices of the mesh's data axis")
 
 
 def shard_batch(local_batch, mesh: Mesh, sharding: Optional[NamedSharding] = None):

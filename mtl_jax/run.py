@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers, tasks,
-                     transfer)
+from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers,
+                     sharding, tasks, transfer)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
 from mtl_jax.data.checks import check_splits
@@ -69,20 +69,27 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   model = build_model(config.model, groups)
   replicas = Replicas(int(cfg("num_seeds")), int(cfg("seed")))
   put = (lambda tree: jax.device_put(tree, parallel.replicated(mesh))) if mesh else (lambda t: t)
-  jit_out = dict(out_shardings=parallel.replicated(mesh)) if mesh else {}
-
+  jit_out = {}
   policy = precision.policy(config.model)
 
   def init(key):
     init_rng, state_rng = jax.random.split(key)
     return policy.cast_params(model.init(init_rng, sample_inputs)["params"]), state_rng
 
+  # Parameter shardings (mtl_jax/sharding.py): replicated unless config.sharding says.
+  shapes = jax.eval_shape(replicas.vmap(init), replicas.keys())[0] if params is None else params
+  p_shard = (sharding.param_shardings(cfg("sharding"), shapes, mesh, replicas.stacked)
+             if mesh else None)
+  put_params = (lambda tree: jax.device_put(tree, p_shard)) if mesh else (lambda t: t)
   if params is None:
-    params, state_rng = jax.jit(replicas.vmap(init), **jit_out)(replicas.keys())
+    out = dict(out_shardings=(p_shard, parallel.replicated(mesh))) if mesh else {}
+    params, state_rng = jax.jit(replicas.vmap(init), **out)(replicas.keys())
   else:
+    params = put_params(params)
     state_rng = replicas.vmap(lambda k: jax.random.split(k)[1])(replicas.keys())
   if cfg("init_from") and load_pretrained:
-    params = put(partial_load.apply_init_from(cfg("init_from"), params, replicas, verbose))
+    params = put_params(partial_load.apply_init_from(cfg("init_from"), params, replicas,
+                                                     verbose))
   one_replica = replicas.first(params)
   tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"),
                                                one_replica, int(config.num_train_steps))
@@ -92,16 +99,20 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   strategy = build_strategy(cfg("weighting"), len(specs), one_replica, lay.shared, lay.blocks)
   if wrap_strategy is not None:
     strategy = wrap_strategy(strategy)
+  opt_init = replicas.vmap(tx.init)
+  if mesh:
+    jit_out = dict(out_shardings=sharding.opt_state_shardings(
+        tx, jax.eval_shape(opt_init, params), p_shard, mesh))
   state = TrainState(
-      step=replicas.broadcast(jnp.asarray(0, jnp.int32)), params=params,
-      opt_state=jax.jit(replicas.vmap(tx.init), **jit_out)(params),
-      rng=state_rng, weighting=replicas.broadcast(strategy.init_state()))
+      step=put(replicas.broadcast(jnp.asarray(0, jnp.int32))), params=params,
+      opt_state=jax.jit(opt_init, **jit_out)(params),
+      rng=put(state_rng), weighting=put(replicas.broadcast(strategy.init_state())))
   train_step = make_train_step(model=model, tx=tx, specs=specs, groups=groups, trainable=trainable,
                                regularizer=regularizers.build_regularizer(cfg("regularizers")),
                                strategy=strategy, policy=policy,
                                grad_accum_steps=int(cfg("grad_accum_steps")))
   return Program(config=config, specs=specs, groups=groups, model=model, replicas=replicas, tx=tx,
-                 param_labels=labels, trainable=trainable, strategy=strategy, state=put(state),
+                 param_labels=labels, trainable=trainable, strategy=strategy, state=state,
                  train_step=replicas.vmap(train_step),
                  eval_step=replicas.vmap(make_eval_step(model, policy), in_axes=(0, None)),
                  param_group_log=group_log)
@@ -150,12 +161,13 @@ def setup(config, workdir: str, mesh=None) -> Run:
   if plan and plan.cache_trunk:
     splits = transfer.cache_features(splits, plan.cache_trunk, plan.upstream)
 
-  mesh = mesh or parallel.make_mesh(cfg("num_devices"))
+  mesh = mesh or parallel.make_mesh(cfg("num_devices"), int((cfg("mesh") or {}).get("model", 1)))
   parallel.check_batch_size(config.batch_size, mesh)
   accum = int(cfg("grad_accum_steps"))
-  if accum < 1 or config.batch_size % (accum * mesh.size):
+  data = parallel.data_size(mesh)
+  if accum < 1 or config.batch_size % (accum * data):
     raise ValueError(f"grad_accum_steps={accum}: batch_size={config.batch_size} must split into "
-                     f"{accum} microbatches that each divide over the {mesh.size} devices "
+                     f"{accum} microbatches that each divide over the {data} devices "
                      f"(batch_size % (grad_accum_steps * devices) == 0, grad_accum_steps >= 1)")
   parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
@@ -172,9 +184,10 @@ def setup(config, workdir: str, mesh=None) -> Run:
   program.state = state
 
   rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  train_step = jax.jit(program.train_step, in_shardings=(rep, feed.sharding(mesh)),
-                       out_shardings=(rep, rep), donate_argnums=0)
-  eval_fn = jax.jit(program.eval_step, in_shardings=(rep, dat), out_shardings=rep)
+  state_sh = sharding.state_shardings(state, mesh)
+  train_step = jax.jit(program.train_step, in_shardings=(state_sh, feed.sharding(mesh)),
+                       out_shardings=(state_sh, rep), donate_argnums=0)
+  eval_fn = jax.jit(program.eval_step, in_shardings=(state_sh.params, dat), out_shardings=rep)
   return Run(config=config, program=program, mesh=mesh, splits=splits, feed=feed,
              checkpointer=checkpointer, train_step=train_step, eval_fn=eval_fn,
              start_step=replicas.step(state))

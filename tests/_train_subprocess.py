@@ -6,8 +6,8 @@ wants 8 CPU devices runs training in a child process:
   python tests/_train_subprocess.py SPEC.json
 
 SPEC is {"num_cpu_devices": 8, "runs": [{"workdir": ..., "overrides": {...},
-"expect_error": false}, ...]}. Each run trains configs/quickstart.py with
-``overrides`` applied. A run with ``expect_error`` records the exception it
+"expect_error": false, "set": {...}}, ...]}. Each run trains configs/quickstart.py
+with ``overrides`` applied (and top-level keys in ``set`` added). A run with ``expect_error`` records the exception it
 raised in ``workdir/error.json`` instead of failing. Several runs share one
 process so the JAX import and the data generation are paid once.
 
@@ -59,8 +59,27 @@ def main(spec_path: str) -> None:
 
   from mtl_jax import train
   assert jax.device_count() == n, (jax.device_count(), n)
+  if spec.get("per_device_bytes"):  # {"out": path, "set": {...}}: parameter bytes per device
+    from mtl_jax import parallel, sharding
+    from mtl_jax.run import build_program
+    import numpy as np
+    config = quickstart_config({})
+    with config.unlocked():
+      for k, v in spec["per_device_bytes"]["set"].items():
+        config[k] = v
+    mesh = parallel.make_mesh(None, int((config.get("mesh") or {}).get("model", 1)))
+    program = build_program(config, np.zeros((1, 40), np.float32), mesh)
+    total = sum(x.nbytes for x in jax.tree.leaves(program.state.params))
+    with open(spec["per_device_bytes"]["out"], "w") as f:
+      json.dump({"total": total,
+                 "params": sharding.per_device_bytes(program.state.params),
+                 "opt_state": sharding.per_device_bytes(program.state.opt_state),
+                 "opt_total": sum(x.nbytes for x in jax.tree.leaves(program.state.opt_state))}, f)
   for run in spec["runs"]:
     config = quickstart_config(run["overrides"])
+    with config.unlocked():  # keys the quickstart config does not set (e.g. sharding)
+      for k, v in run.get("set", {}).items():
+        config[k] = v
     if not run.get("expect_error"):
       train.train_and_evaluate(config, run["workdir"])
       continue
