@@ -174,3 +174,20 @@ def test_bad_inputs_name_the_problem():
     ViT().init(jax.random.PRNGKey(0), np.zeros((1, 20, 16, 3)))
   with pytest.raises(ValueError, match="num_blocks=5"):
     ResNet(num_blocks=5).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_bfloat16_compute_stays_close_to_float32(name):
+  # The precision policy (mtl_jax/precision.py) casts parameters and floating
+  # inputs to the compute dtype; the trunks must then compute in it.
+  m = (ResNet(features=(8, 16), units_per_stage=(1, 1), stem_features=8, norm_groups=4)
+       if name == "resnet" else ViT(patch_size=4, hidden_size=16, num_layers=2, num_heads=2,
+                                    mlp_dim=32))
+  x = np.random.default_rng(3).random((4, 16, 16, 3), np.float32)
+  p = m.init(jax.random.PRNGKey(0), x)["params"]
+  ref = np.asarray(m.apply({"params": p}, x))
+  bf = jax.tree.map(lambda a: a.astype(jnp.bfloat16), p)
+  out = m.apply({"params": bf}, x.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  err = np.abs(np.asarray(out, np.float32) - ref).max() / np.abs(ref).max()
+  assert err < 0.05, err
