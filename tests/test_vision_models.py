@@ -18,11 +18,11 @@ def _resnet_count(features=(64, 128, 256, 512), units=(2, 2, 2, 2), stem=64, c_i
   """Closed form: bias-free convs, two affine parameters per normalized channel."""
   n = k_stem * k_stem * c_in * stem + 2 * stem
   prev = stem
-  for f, u in zip(features, units):
+  for i, (f, u) in enumerate(zip(features, units)):
     for j in range(u):
       cin = prev if j == 0 else f
       n += 9 * cin * f + 2 * f + 9 * f * f + 2 * f
-      if j == 0 and (cin != f or f != features[0]):  # stride-2 stages project
+      if j == 0 and (i > 0 or cin != f):  # a stride-2 or width-changing unit projects (1x1)
         n += cin * f + 2 * f
     prev = f
   return n
@@ -42,6 +42,9 @@ def test_resnet18_parameter_count_is_the_published_one():
   # torchvision resnet18: 11,689,512 parameters, of which the fc layer is 512*1000+1000.
   n = count_params(ResNet(), jnp.zeros((1, 224, 224, 3)))
   assert n == _resnet_count() == 11_689_512 - 513_000
+  # torchvision resnet34 (21,797,672 with fc): the same units, (3, 4, 6, 3) per stage.
+  n34 = count_params(ResNet(units_per_stage=(3, 4, 6, 3)), jnp.zeros((1, 224, 224, 3)))
+  assert n34 == _resnet_count(units=(3, 4, 6, 3)) == 21_797_672 - 513_000
 
 
 def test_vit_ti_parameter_count_is_the_published_one():
