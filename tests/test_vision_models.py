@@ -194,3 +194,22 @@ def test_bfloat16_compute_stays_close_to_float32(name):
   assert out.dtype == jnp.bfloat16
   err = np.abs(np.asarray(out, np.float32) - ref).max() / np.abs(ref).max()
   assert err < 0.05, err
+
+
+def test_transfer_plans_count_the_blocks():
+  from conftest import tiny_config
+  from mtl_jax import transfer
+  # transfer counts blocks from the config (features / num_layers), not the class defaults.
+  for trunk, n in ((dict(name="resnet", features=(64, 128, 256, 512)), 4),
+                   (dict(name="vit", num_layers=12), 12)):
+    c = tiny_config()
+    c.model.trunk = trunk
+    c.transfer = dict(strategy=f"truncate:{n}", upstream="/up")
+    assert transfer.plan(c).config.model.trunk.num_blocks == n
+    c.transfer = dict(strategy=f"truncate:{n + 1}", upstream="/up")
+    with pytest.raises(ValueError, match=f"1 <= K <= {n}"):
+      transfer.plan(c)
+    c.transfer = dict(strategy="freeze_bottom:2", upstream="/up", trunk_lr_mult=0.5)
+    groups = [tuple(g) for g in transfer.plan(c).config.param_groups]
+    assert groups[:2] == [("trunk/block_0/.*", None), ("trunk/block_1/.*", None)]
+    assert len(groups) == n + 2  # n block rules, the rest of the trunk, the heads
