@@ -11,3 +11,4 @@ from mtl_jax.data import multilabel_synthetic  # noqa: F401
 from mtl_jax.data import related_regression  # noqa: F401
 from mtl_jax.data import glue  # noqa: F401
 from mtl_jax.data import glue_tfds  # noqa: F401
+from mtl_jax.data import celeb_a  # noqa: F401

@@ -9,6 +9,8 @@ from mtl_jax.models.sharing import SHARING
 from mtl_jax.models.trunks import TRUNKS  # noqa: F401
 from mtl_jax.models import lenet  # noqa: F401  (registers the lenet trunk)
 from mtl_jax.models import bert  # noqa: F401  (registers the bert trunk)
+from mtl_jax.models import resnet  # noqa: F401  (registers the resnet trunk)
+from mtl_jax.models import vit  # noqa: F401  (registers the vit trunk)
 from mtl_jax.tasks import TaskGroup
 
 
