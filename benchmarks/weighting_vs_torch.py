@@ -40,10 +40,16 @@ the timings.
 Goals (issue 11): mtl_jax UPGrad and MGDA <= 0.5x torchjd's step at T=8 and
 T=128 (against the faster of torchjd's two paths); mtl_jax PCGrad, MGDA and
 CAGrad <= 0.2x the loop at T=8 and <= 0.05x at T=128. Ratios are medians of
-per-repeat ratios (the repeats are taken side by side). Both sides run with
-their default threading (reported under "threads"); the machine this runs on
-may be shared and noisy: compare ratios from one run, not absolute times
-across runs.
+per-repeat ratios (the repeats are taken side by side). Threads: both sides use
+their defaults unless --torch-threads / XLA_FLAGS say otherwise (reported
+under "threads"). On a machine shared with other jobs, torch's OpenMP threads
+wait on descheduled peers (measured here on 2 loaded cores: torch's EW step
+5-10x slower with 2 threads than with 1), so pin both sides to one thread
+there. Compare ratios from one run, not absolute times across runs.
+
+On a shared 2-core CPU (as measured for issue 11):
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    python benchmarks/weighting_vs_torch.py --repeats 3 --torch-threads 1
 
 Prints one JSON object on stdout:
   {"benchmark", "config", "num_tasks", "params", "methods", "mtl_jax_strategy",
@@ -373,8 +379,15 @@ def main(argv=None):
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--foreach", type=int, default=1,
                  help="torch Adam's foreach (multi-tensor) update: 1 (faster on CPU) or 0")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="torch.set_num_threads (0: torch's default, one per core). On a loaded "
+                      "machine its OpenMP threads wait on descheduled peers: use 1 there, and "
+                      "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                      "intra_op_parallelism_threads=1' for the JAX side")
   p.add_argument("--quick", action="store_true", help="tiny sizes, T=2, one repeat: a smoke run")
   args = p.parse_args(argv)
+  if args.torch_threads:
+    _torch().set_num_threads(args.torch_threads)
 
   if args.quick:
     ts, sizes = [2], (16, (32, 32), 32)
@@ -448,7 +461,8 @@ def main(argv=None):
       "config": {"input_dim": sizes[0], "trunk": list(sizes[1]), "batch_size": sizes[2],
                  "tasks": "regression, 1 output each, half of each task's examples labelled",
                  "sharing": "hard", "optimizer": f"adam lr={args.lr}",
-                 "torch_adam_foreach": args.foreach, "aggregators": aggs,
+                 "torch_adam_foreach": args.foreach, "torch_threads_flag": args.torch_threads,
+                 "aggregators": aggs,
                  "repeats": args.repeats, "quick": args.quick},
       "num_tasks": ts,
       "params": params,
