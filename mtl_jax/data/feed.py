@@ -2,10 +2,12 @@
 
 With ``num_seeds=N`` each replica reads its own data order (seed
 ``config.seed + r``) and the batch gets a leading replica axis; the data
-axis is sharded on the mesh's ``data`` axis either way.
+axis is sharded on the mesh's ``data`` axis either way. The iterator is a
+``TrainIterator`` over one dataset or, with several datasets or stages, a
+``mixing.MixtureIterator`` (``make_iterator(seed)``).
 """
 
-from typing import Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 import numpy as np
@@ -18,19 +20,40 @@ from mtl_jax.data.pipeline import TrainIterator
 class TrainFeed:
   """Checkpointable global batches for ``len(seeds)`` replicas (no replica axis for one)."""
 
-  def __init__(self, dataset, batch_size: int, seeds: Sequence[int]):
+  def __init__(self, dataset, batch_size: int, seeds: Sequence[int],
+               make_iterator: Optional[Callable[[int], object]] = None, name: str = "data"):
     self.stacked = len(seeds) > 1
-    self.iterators = [TrainIterator(dataset, batch_size, s, jax.process_index(),
-                                    jax.process_count()) for s in seeds]
+    self._batch_size = batch_size
+    self._name = name
+    self._size = None if dataset is None else len(dataset)
+    if make_iterator is None:
+      make_iterator = lambda s: TrainIterator(dataset, batch_size, s, jax.process_index(),  # noqa
+                                              jax.process_count())
+    self.iterators = [make_iterator(s) for s in seeds]
 
   def sharding(self, mesh) -> NamedSharding:
     spec = P(None, parallel.DATA_AXIS) if self.stacked else P(parallel.DATA_AXIS)
     return NamedSharding(mesh, spec)
 
-  def next(self, mesh):
+  def next_local(self):
+    """The next batch on the host (NumPy, this process's slice), replica axis if stacked."""
     batches = [next(it) for it in self.iterators]
-    batch = batches[0] if not self.stacked else jax.tree.map(lambda *xs: np.stack(xs), *batches)
-    return parallel.shard_batch(batch, mesh, self.sharding(mesh))
+    return batches[0] if not self.stacked else jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+  def next(self, mesh):
+    return parallel.shard_batch(self.next_local(), mesh, self.sharding(mesh))
+
+  def stats(self) -> Dict[str, float]:
+    """Examples seen and epochs per dataset (global batches; mean over replicas)."""
+    per = []
+    for it in self.iterators:
+      if hasattr(it, "stats"):
+        per.append(it.stats())
+      else:
+        seen = float(it.get_state()["next_index"] * self._batch_size)
+        per.append({f"data/{self._name}/examples": seen,
+                    f"data/{self._name}/epochs": seen / self._size})
+    return {k: float(np.mean([p[k] for p in per])) for k in per[0]}
 
   def get_state(self) -> dict:
     if not self.stacked:
