@@ -146,3 +146,142 @@ def _train_until(config, workdir, stop):
   run.checkpointer.save(stop, state, run.feed.get_state(), force=True)
   run.checkpointer.wait()
   run.checkpointer.close()
+
+
+def test_evaluation_per_dataset_matches_numpy_oracle(tmp_path):
+  """A task labelled by two datasets is reported on each (task@alias) on its own test split."""
+  from mtl_jax.models import build_model, outputs_by_task
+  c = tiny_config()
+  del c["data"]
+  c.tasks = TASKS[:2]
+  c.datasets = [_mnist("plain", ["digit", "digit_ge5"], n=500),
+                _mnist("shuffled", ["digit"], n=200, shuffle_spatial=True)]
+  c.num_train_steps = 30
+  res = train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert list(res["test"]) == ["digit@plain", "digit@shuffled", "digit_ge5"]
+  params = train.final_params(str(tmp_path / "w"))
+  groups = tasks_lib.group_tasks(tasks_lib.specs_from_config(c.tasks))
+  model = build_model(c.model, groups)
+  from mtl_jax.data.base import build_dataset
+  for alias, kw in (("plain", {}), ("shuffled", dict(shuffle_spatial=True))):
+    test = build_dataset(dict(name="mnist1d", **kw)).test
+    out = outputs_by_task(groups, model.apply({"params": params}, test.inputs))
+    acc = np.mean(np.argmax(np.asarray(out["digit"]), -1) == test.labels["digit"])
+    assert res["test"][f"digit@{alias}"]["accuracy"] == pytest.approx(acc, abs=1e-6)
+  assert res["test"]["digit@plain"]["accuracy"] != res["test"]["digit@shuffled"]["accuracy"]
+
+
+def test_num_seeds_each_replica_its_own_order(tmp_path):
+  c = mix_config(batches="mixed")
+  c.num_seeds = 2
+  c.num_train_steps = 6
+  res = train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert len(res["replicas"]) == 2
+  from mtl_jax.run import setup
+  c2 = mix_config(batches="mixed")
+  c2.num_seeds = 2
+  run = setup(c2, str(tmp_path / "fresh"))
+  b = run.feed.next_local()
+  assert b["inputs"].shape[:2] == (2, c.batch_size)
+  assert not np.array_equal(b["inputs"][0], b["inputs"][1])
+  for r in range(2):  # replica r reads exactly what a lone run with seed r reads
+    c1 = mix_config(batches="mixed")
+    c1.seed = r
+    lone = setup(c1, str(tmp_path / f"lone{r}")).feed.next_local()
+    np.testing.assert_array_equal(lone["inputs"], b["inputs"][r])
+
+
+def test_task_embedding_appends_one_hot_dataset_id(tmp_path):
+  from mtl_jax.run import setup
+  c = mix_config(task_embedding=True, batches="mixed", sampling="uniform")
+  run = setup(c, str(tmp_path / "w"))
+  for i, src in enumerate(run.sources):
+    x = src.splits["test"].inputs
+    assert x.shape[1] == 40 + 3
+    np.testing.assert_array_equal(x[:, 40:], np.eye(3, dtype=x.dtype)[np.full(len(x), i)])
+  b = run.feed.next_local()
+  onehot = b["inputs"][:, 40:]
+  for i, src in enumerate(run.sources):  # rows from dataset i carry id i and only its task
+    rows = onehot[:, i] == 1
+    assert rows.any()
+    for t in TASKS:
+      if t["name"] not in src.tasks:
+        assert not b["mask"][t["name"]][rows].any()
+
+
+def test_stage_masks_and_replay_share(tmp_path):
+  """Future tasks never appear; replay gets its share of batches; old tasks off without replay."""
+  from mtl_jax.run import setup
+  c = mix_config()
+  c.num_train_steps = 400
+  c.stages = [dict(steps=100, tasks=["digit"]),
+              dict(steps=200, tasks=["parity"], replay=0.25),
+              dict(steps=100, datasets=["mid"])]
+  run = setup(c, str(tmp_path / "w"))
+  masks = [run.feed.next_local()["mask"] for _ in range(400)]
+  labelled = np.array([[m[t["name"]].any() for t in TASKS] for m in masks])
+  assert labelled[:100, 0].all() and not labelled[:100, 1:].any()
+  s1 = labelled[100:300]
+  assert not s1[:, 1].any() and (s1[:, 0] ^ s1[:, 2]).all()
+  share = s1[:, 0].mean()
+  assert abs(share - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 200), share
+  assert labelled[300:, 1].all() and not labelled[300:, [0, 2]].any()
+
+
+def _error(config, tmp_path, *fragments, exc=ValueError):
+  with pytest.raises(exc) as e:
+    train.train_and_evaluate(config, str(tmp_path / "err"))
+  for f in fragments:
+    assert f in str(e.value), str(e.value)
+
+
+def test_error_labels_do_not_fit_kind(tmp_path):
+  c = mix_config()
+  c.datasets[1] = _mnist("small", {"parity": "digit"}, n=100)  # 10 classes into a binary task
+  _error(c, tmp_path, "dataset 'small'", "'parity'", exc=tasks_lib.LabelError)
+
+
+def test_error_negative_and_all_zero_weights(tmp_path):
+  c = mix_config(sampling="weights")
+  for d, w in zip(c.datasets, (1.0, -0.5, 2.0)):
+    d["weight"] = w
+  _error(c, tmp_path, "('small', -0.5)", ">= 0")
+  c = mix_config(sampling="weights")
+  for d in c.datasets:
+    d["weight"] = 0.0
+  _error(c, tmp_path, "every weight", "zero")
+  c = mix_config()
+  c.datasets[0]["weight"] = 2.0
+  _error(c, tmp_path, "dataset 'big' has weight=2.0", "sampling='weights'")
+
+
+def test_error_task_no_dataset_labels(tmp_path):
+  c = mix_config()
+  c.datasets = c.datasets[:2]
+  _error(c, tmp_path, "['digit_ge5'] are labelled by no dataset")
+  c = mix_config()
+  c.stages = [dict(steps=10, tasks=["digit", "parity", "digit_ge5"]),
+              dict(steps=10, tasks=["colour"])]
+  _error(c, tmp_path, "['colour']", "no dataset labels")
+  c = mix_config()
+  c.datasets[0] = _mnist("big", ["digit", "shape"])
+  _error(c, tmp_path, "dataset 'big' lists tasks ['shape']")
+
+
+def test_error_input_structures_differ(tmp_path):
+  c = mix_config()
+  c.tasks = TASKS[:1] + [dict(name="y1", kind="regression")]
+  c.datasets = [_mnist("digits", ["digit"], n=100),
+                dict(name="mmoe_synthetic", alias="sines", tasks=["y1"], num_train=50,
+                     num_validation=20, num_test=20)]
+  _error(c, tmp_path, "'digits' and 'sines'", "(40,) float32", "(100,) float32")
+
+
+def test_error_stage_steps_and_replay(tmp_path):
+  c = mix_config()
+  c.stages = [dict(steps=5, tasks=["digit", "parity", "digit_ge5"])]
+  _error(c, tmp_path, "num_train_steps=20")
+  c.stages = [dict(steps=20, tasks=["digit", "parity", "digit_ge5"], replay=0.5)]
+  _error(c, tmp_path, "nothing to replay")
+  c.stages = [dict(steps=10, tasks=["digit"]), dict(steps=10, tasks=["parity"])]
+  _error(c, tmp_path, "['digit_ge5'] are in no stage")
