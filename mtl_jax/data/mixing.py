@@ -321,6 +321,8 @@ class MixtureIterator:
   def __init__(self, sources: Sequence[Source], phases: Sequence[Phase], global_batch_size: int,
                seed: int, mixed: bool, process_index: int = 0, process_count: int = 1):
     self._data = [s.splits["train"] for s in sources]
+    self._tasks = list(self._data[0].labels)
+    self._labelled = [np.array([t in s.tasks for t in self._tasks]) for s in sources]
     self._aliases = [s.alias for s in sources]
     self._sizes = np.array([len(d) for d in self._data])
     self._phases = list(phases)
@@ -374,10 +376,12 @@ class MixtureIterator:
       index[stream_of == s] = self._positions(phase.streams[s][0], int(counts[s]))
     stream_of, index = stream_of[self._slice], index[self._slice]
     parts = []
-    for s in np.unique(stream_of):
+    for s in np.flatnonzero(np.bincount(stream_of, minlength=len(counts))):
       d, active = phase.streams[s]
       b = self._data[d].take(index[stream_of == s])
-      b["mask"] = {t: (m if a else np.zeros_like(m)) for (t, m), a in zip(b["mask"].items(), active)}
+      for t in np.flatnonzero(self._labelled[d] & ~active):  # labelled but not trained now
+        name = self._tasks[t]
+        b["mask"][name] = np.zeros_like(b["mask"][name])
       parts.append(b)
     self._next += 1
     return parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
