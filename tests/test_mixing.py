@@ -285,3 +285,29 @@ def test_error_stage_steps_and_replay(tmp_path):
   _error(c, tmp_path, "nothing to replay")
   c.stages = [dict(steps=10, tasks=["digit"]), dict(steps=10, tasks=["parity"])]
   _error(c, tmp_path, "['digit_ge5'] are in no stage")
+
+
+def test_one_dataset_logs_examples_and_epochs(tmp_path):
+  c = tiny_config()
+  c.num_train_steps = 10
+  res = train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert set(res) == {"validation", "test"} and set(res["test"]) == {"digit", "digit_ge5"}
+  rows = [json.loads(l) for l in open(tmp_path / "w" / "metrics.jsonl")]
+  last = [r for r in rows if "data/mnist1d/examples" in r][-1]
+  assert last["step"] == 10 and last["data/mnist1d/examples"] == 10 * 32
+  assert last["data/mnist1d/epochs"] == pytest.approx(320 / 3500)
+
+
+@pytest.mark.parametrize("arg", ["", "stages"])
+def test_task_mixing_config_builds(tmp_path, arg):
+  from configs import task_mixing
+  from mtl_jax.run import setup
+  run = setup(task_mixing.get_config(arg), str(tmp_path / "w"))
+  sizes = {s.alias: len(s.splits["train"]) for s in run.sources}
+  assert sizes == {"big": 10000, "mid": 1000, "small": 100}
+  if arg:
+    assert [(p.start, p.end) for p in run.phases] == [(0, 300), (300, 600), (600, 1000)]
+    np.testing.assert_allclose(run.phases[2].probs, [0.7, 0.15, 0.15])
+  else:
+    w = np.sqrt([10000, 1000, 100])
+    np.testing.assert_allclose(run.phases[0].probs, w / w.sum())

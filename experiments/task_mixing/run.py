@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from mtl_jax import sweep  # noqa: E402
 
 # alias: (task, pool size, generator seed, train_per_class or None)
-DATASETS = {"big": ("digit", 13125, 11, None),
+DATASETS = {"big": ("digit", 14000, 11, 1000),
             "mid": ("parity", 3000, 12, 100),
             "small": ("digit_ge5", 3000, 13, 10)}
 TASK_KINDS = {"digit": dict(kind="multiclass", num_outputs=10), "parity": dict(kind="binary"),
