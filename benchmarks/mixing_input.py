@@ -168,8 +168,8 @@ def main(argv=None):
   batch = 32 if args.quick else 128
   n = 10 if args.quick else 200
   out = {"benchmark": "mixing_input",
-         "config": {"trunk": list(features), "batch_size": batch, "datasets": 4, "quick": args.quick,
-                    "input_batches": n}}
+         "config": {"trunk": list(features), "batch_size": batch, "datasets": 4,
+                    "quick": args.quick, "input_batches": n}}
   out["input"] = {}
   for batches in ("mixed", "per_dataset"):
     out["input"][batches] = input_path(batches, batch, features, n)
@@ -178,8 +178,8 @@ def main(argv=None):
   for t in ((8,) if args.quick else (8, 139)):
     for o in (1, 10):
       key = f"T{t}_outputs{o}"
-      out["masked_format"][key] = masked_vs_labelled(t, o, batch, features, 40,
-                                                     3 if args.quick else 7, 3 if args.quick else 50)
+      out["masked_format"][key] = masked_vs_labelled(
+          t, o, batch, features, 40, 3 if args.quick else 7, 3 if args.quick else 50)
       common.log(key, out["masked_format"][key])
   out["input_never_starves_step"] = all(v["input_over_consumption"] > 1
                                         for v in out["input"].values())

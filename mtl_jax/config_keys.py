@@ -21,7 +21,7 @@ DEFAULTS = {
     "transfer": None,               # dict(strategy=, upstream=, ...): see mtl_jax/transfer.py
     "weighting": None,              # dict(name=loss weighting | aggregator=..., ...): docs/weighting.md
     "regularizers": [],             # [dict(name=, weight=, select=regex, ...)]
-    "datasets": None,               # [dict(name=, tasks=[...], weight=, alias=, **kwargs)] instead of data
+    "datasets": None,               # instead of data: [dict(name=, tasks=[...], alias=, **kwargs)]
     "mixing": None,                 # dict(sampling=, temperature=, batches=, task_embedding=)
     "stages": None,                 # [dict(steps=, tasks=[...] | datasets=[...], replay=0.0)]
 }
@@ -32,7 +32,8 @@ def check_config_keys(config) -> None:
   unknown = sorted(set(config.keys()) - valid)
   if unknown:
     raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(valid)}")
-  missing = [k for k in REQUIRED if k not in config and not (k == "data" and config.get("datasets"))]
+  missing = [k for k in REQUIRED if k not in config
+             and not (k == "data" and config.get("datasets"))]  # datasets replace data
   if missing:
     raise ValueError(f"config is missing required keys {missing}")
 

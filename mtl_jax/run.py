@@ -173,8 +173,8 @@ def setup(config, workdir: str, mesh=None) -> Run:
     feed = TrainFeed(None, config.batch_size, replicas.seeds, lambda seed: mixing.MixtureIterator(
         sources, phases, config.batch_size, seed, mixed, jax.process_index(), jax.process_count()))
     for p in phases:
-      logging.info("steps %d-%d: %s; streams %s", p.start, p.end, p.label,
-                   [(sources[d].alias, round(float(q), 4)) for (d, _), q in zip(p.streams, p.probs)])
+      streams = [(sources[d].alias, round(float(q), 4)) for (d, _), q in zip(p.streams, p.probs)]
+      logging.info("steps %d-%d: %s; streams %s", p.start, p.end, p.label, streams)
   else:
     feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds, name=sources[0].alias)
   state = program.state

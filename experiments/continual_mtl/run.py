@@ -92,9 +92,9 @@ def forgetting(cell, seed):
   return {t: c[t][STAGE_STEPS * (i + 1)] - c[t][end] for i, t in enumerate(TASKS[:-1])}
 
 
-def _fmt(values):
+def _fmt(values, signed=False):
   m, se, n = sweep.mean_se(values)
-  return f"{m:.1f} ± {se:.1f}" if n else ""
+  return (f"{m:+.1f} ± {se:.1f}" if signed else f"{m:.1f} ± {se:.1f}") if n else ""
 
 
 def write_report(rows):
@@ -123,7 +123,7 @@ def write_report(rows):
       vals = [get(s) for s in test[c]]
       diff = [get(s) - (np.mean(list(test["sequential"][s].values())) if t == "mean"
                         else test["sequential"][s][t]) for s in test[c] if s in test["sequential"]]
-      cells.append(_fmt(vals) + ("" if c == "sequential" else f" (Δ {_fmt(diff)})"))
+      cells.append(_fmt(vals) + ("" if c == "sequential" else f" (Δ {_fmt(diff, True)})"))
     lines.append(f"| {c}{' (chosen)' if c == chosen else ''} | " + " | ".join(cells) + " |")
   lines += ["", "Forgetting (validation accuracy % at the end of the task's own stage minus at "
             "the end of training; positive = forgotten):", "",
@@ -133,8 +133,8 @@ def write_report(rows):
       continue
     f = [forgetting(c, s) for s in test[c]]
     lines.append(f"| {c} | " + " | ".join(_fmt([x[t] for x in f]) for t in TASKS[:-1]) + " |")
-  lines += ["", "Curves: `curves.png` (validation accuracy per task vs step, seed mean; dashed "
-            "lines = stage boundaries). Each row of results.jsonl records the cell, seed, config "
+  lines += ["", "Curves: `curves.png` (validation accuracy per task vs step, seed mean; dotted "
+            "lines = stage boundaries, dashed = joint). Each row of results.jsonl records the cell, seed, config "
             "(data, stages, steps, every hyperparameter) and the results.", ""]
   sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n")
   _plot(test)

@@ -241,7 +241,7 @@ def mixture_weights(sources: Sequence[Source], opts, what: str = "the mixture") 
 
 @dataclasses.dataclass
 class Phase:
-  """Steps [start, end): streams (dataset index, bool[T] of tasks trained) and their probabilities."""
+  """Steps [start, end): streams (dataset index, bool[T] tasks trained) and their probabilities."""
   start: int
   end: int
   streams: List[Tuple[int, np.ndarray]]
