@@ -171,12 +171,12 @@ def main(argv=None):
          "config": {"trunk": list(features), "batch_size": batch, "datasets": 4,
                     "quick": args.quick, "input_batches": n}}
   out["input"] = {}
-  for batches in ("mixed", "per_dataset"):
+  for batches in (("mixed",) if args.quick else ("mixed", "per_dataset")):
     out["input"][batches] = input_path(batches, batch, features, n)
     common.log(batches, out["input"][batches])
   out["masked_format"] = {}
   for t in ((8,) if args.quick else (8, 139)):
-    for o in (1, 10):
+    for o in ((10,) if args.quick else (1, 10)):
       key = f"T{t}_outputs{o}"
       out["masked_format"][key] = masked_vs_labelled(
           t, o, batch, features, 40, 3 if args.quick else 7, 3 if args.quick else 50)

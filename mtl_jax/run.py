@@ -146,6 +146,7 @@ def setup(config, workdir: str, mesh=None) -> Run:
   cfg = lambda k: config_keys.get(config, k)  # noqa: E731
   specs = tasks.specs_from_config(config.tasks)
   phases = ()
+  mixing.check_unused(config)
   if mixing.uses_mixture(config):
     if plan and plan.cache_trunk:
       raise ValueError("transfer strategy cached_probe caches one dataset's features; it does "

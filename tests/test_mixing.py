@@ -277,6 +277,16 @@ def test_error_input_structures_differ(tmp_path):
   _error(c, tmp_path, "'digits' and 'sines'", "(40,) float32", "(100,) float32")
 
 
+def test_error_mixing_without_datasets(tmp_path):
+  c = tiny_config()
+  c.mixing = dict(sampling="uniform")
+  _error(c, tmp_path, "config.mixing is set but there is one dataset")
+  c = mix_config(sampling="temprature")
+  _error(c, tmp_path, "'temprature'", "valid: ['proportional'")
+  c = mix_config(temperature=0.0, sampling="temperature")
+  _error(c, tmp_path, "temperature must be > 0")
+
+
 def test_error_stage_steps_and_replay(tmp_path):
   c = mix_config()
   c.stages = [dict(steps=5, tasks=["digit", "parity", "digit_ge5"])]

@@ -60,6 +60,13 @@ def uses_mixture(config) -> bool:
   return bool(config.get("datasets")) or bool(config.get("stages"))
 
 
+def check_unused(config) -> None:
+  """``config.mixing`` without several datasets or stages would select nothing."""
+  if config.get("mixing") and not uses_mixture(config):
+    raise ValueError("config.mixing is set but there is one dataset (config.data) and no "
+                     "config.stages: nothing to mix; list config.datasets or remove mixing")
+
+
 def mixing_options(config) -> Dict[str, Any]:
   opts = dict(MIXING_DEFAULTS)
   given = dict(config.get("mixing") or {})
