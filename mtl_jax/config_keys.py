@@ -24,6 +24,7 @@ DEFAULTS = {
     "datasets": None,               # instead of data: [dict(name=, tasks=[...], alias=, **kwargs)]
     "mixing": None,                 # dict(sampling=, temperature=, batches=, task_embedding=)
     "stages": None,                 # [dict(steps=, tasks=[...] | datasets=[...], replay=0.0)]
+    "prefetch_batches": 0,          # >0: TrainFeed prepares that many batches ahead in a thread
 }
 
 

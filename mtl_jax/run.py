@@ -172,12 +172,14 @@ def setup(config, workdir: str, mesh=None) -> Run:
   if phases:
     mixed = mixing.mixing_options(config)["batches"] == "mixed"
     feed = TrainFeed(None, config.batch_size, replicas.seeds, lambda seed: mixing.MixtureIterator(
-        sources, phases, config.batch_size, seed, mixed, jax.process_index(), jax.process_count()))
+        sources, phases, config.batch_size, seed, mixed, jax.process_index(), jax.process_count()),
+        prefetch=cfg("prefetch_batches"))
     for p in phases:
       streams = [(sources[d].alias, round(float(q), 4)) for (d, _), q in zip(p.streams, p.probs)]
       logging.info("steps %d-%d: %s; streams %s", p.start, p.end, p.label, streams)
   else:
-    feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds, name=sources[0].alias)
+    feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds, name=sources[0].alias,
+                     prefetch=cfg("prefetch_batches"))
   state = program.state
   if resume:
     state, data_state = checkpointer.restore(state)

@@ -143,6 +143,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     writer.write(num_steps, {f"{split}/{t}/{m}": v for split, r in results.items()
                              for t, mm in r.items() for m, v in mm.items()})
   finally:
+    run.feed.close()
     bar.close()
     writer.close()
     checkpointer.close()

@@ -321,3 +321,36 @@ def test_task_mixing_config_builds(tmp_path, arg):
   else:
     w = np.sqrt([10000, 1000, 100])
     np.testing.assert_allclose(run.phases[0].probs, w / w.sum())
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_prefetching_feed_hands_out_the_same_batches_and_state(tmp_path, stacked):
+  from mtl_jax.run import setup
+  c = mix_config(batches="mixed", sampling="uniform")
+  c.num_seeds = 2 if stacked else 1
+  plain = setup(c, str(tmp_path / "a"))
+  c.prefetch_batches = 3
+  pre = setup(c, str(tmp_path / "b"))
+  state0 = pre.feed.get_state()
+  for k in range(7):
+    a, b = plain.feed.next(plain.mesh), pre.feed.next(pre.mesh)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # State and stats are those of the batches handed out, not of those prepared ahead.
+    assert pre.feed.get_state() == plain.feed.get_state()
+    assert pre.feed.stats() == plain.feed.stats()
+  assert state0["replicas"][0]["next_index"] == 0 if stacked else state0["next_index"] == 0
+  pre.feed.close()
+
+
+def test_prefetching_train_equals_plain(tmp_path):
+  c = mix_config(batches="per_dataset")
+  c.num_train_steps = 8
+  c.checkpoint_every_steps = 4
+  c.prefetch_batches = 2
+  a = train.train_and_evaluate(c, str(tmp_path / "pre"))
+  c.prefetch_batches = 0
+  b = train.train_and_evaluate(c, str(tmp_path / "plain"))
+  assert a == b
+  _assert_same_params(train.final_params(str(tmp_path / "pre")),
+                      train.final_params(str(tmp_path / "plain")))
