@@ -1,12 +1,14 @@
 """The mixing input path next to the step that consumes it, and what the masked format costs.
 
-1. Input: examples/s of ``TrainFeed`` over four MNIST-1D datasets (3,500 to
-   100 train examples, one task each) with mixed batches and with one dataset
-   per batch, next to the quickstart-size step's consumption (steps/s x
-   batch). The loop is synchronous on the host but the step runs
-   asynchronously, so the step never waits while preparing a batch takes
-   less than a step: ``loop_overhead`` is (feed + step loop) / (step loop on
-   a fixed batch) - 1, measured side by side.
+1. Input: examples/s of the host side of ``TrainFeed`` (sampling and
+   gathering, ``batch_prep_ms``; plus the transfer, ``batch_prep_and_put_ms``)
+   over four MNIST-1D datasets (3,500 to 100 train examples, one task each)
+   with mixed batches and with one dataset per batch, and the one-dataset
+   ``TrainIterator`` as the baseline, next to the quickstart-size step's
+   consumption (steps/s x batch). ``loop_overhead`` is (feed + step loop) /
+   (step loop on a fixed batch) - 1, measured side by side: the time the
+   step waits on input; ``loop_overhead_prefetch`` the same with batches
+   prepared two ahead in a thread (``config.prefetch_batches=2``).
 2. Masked format: with one dataset per task (one labelled task per example,
    School-like), every head still runs on every example. Pure-JAX SGD steps of
    the same MLP trunk and stacked heads, all heads masked vs only the labelled
