@@ -29,6 +29,10 @@ DEFAULTS = {
     "grad_accum_steps": 1,          # K microbatches per update (mtl_jax/step.py)
     "mesh": None,                   # dict(model=M): a (data, model) mesh; data takes the rest
     "sharding": "replicated",       # "fsdp" | "tensor_parallel" | [(regex, spec)]: mtl_jax/sharding.py
+    "datasets": None,               # instead of data: [dict(name=, tasks=[...], alias=, **kwargs)]
+    "mixing": None,                 # dict(sampling=, temperature=, batches=, task_embedding=)
+    "stages": None,                 # [dict(steps=, tasks=[...] | datasets=[...], replay=0.0)]
+    "prefetch_batches": 0,          # >0: TrainFeed prepares that many batches ahead in a thread
 }
 
 
@@ -37,7 +41,8 @@ def check_config_keys(config) -> None:
   unknown = sorted(set(config.keys()) - valid)
   if unknown:
     raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(valid)}")
-  missing = [k for k in REQUIRED if k not in config]
+  missing = [k for k in REQUIRED if k not in config
+             and not (k == "data" and config.get("datasets"))]  # datasets replace data
   if missing:
     raise ValueError(f"config is missing required keys {missing}")
   from mtl_jax import config_validation  # pylint: disable=g-import-not-at-top  (imports optim)

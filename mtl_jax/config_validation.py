@@ -80,6 +80,15 @@ def _check_data(data) -> None:
            "a rate in [0, 1) (1 hides every train label of the task)")
 
 
+def _check_mesh(mesh, accum) -> None:
+  mesh = _to_dict(mesh)
+  _check("mesh", mesh, lambda v: v is None or (isinstance(v, dict) and set(v) <= {"model"}),
+         "None or dict(model=M) (the data axis takes the remaining devices)")
+  if mesh:
+    _check("mesh.model", mesh.get("model", 1), _int_at_least(1), "an integer >= 1")
+  _check("grad_accum_steps", accum, _int_at_least(1), "an integer >= 1")
+
+
 def _check_regularizers(regs) -> None:
   if not isinstance(_to_dict(regs), (list, tuple)):
     _fail("regularizers", regs, "a list of dict(name=, weight=, select=...)")
@@ -117,7 +126,11 @@ def validate_config(config) -> None:
     _check(key, _to_dict(get(key)), lambda v: v is None or isinstance(v, dict), "None or a dict")
   optim.check_options(config.optimizer)
   _check_model(config.model)
-  _check_data(config.data)
+  if config.get("data") is not None:
+    _check_data(config.data)
+  for i, ds in enumerate(get("datasets") or ()):
+    _check_data(ds)
+  _check_mesh(get("mesh"), get("grad_accum_steps"))
   _check_regularizers(get("regularizers"))
 
 

@@ -1,6 +1,10 @@
-"""Eval metrics of a (replicated) model over a whole split, and their mean ± s.e. over replicas."""
+"""Eval metrics of a (replicated) model over a whole split, and their mean ± s.e. over replicas.
 
-from typing import Dict, List, Optional, Tuple
+With several datasets (``config.datasets``) each is evaluated on its own
+split, for the tasks it labels (``evaluate_sources``).
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -37,6 +41,37 @@ def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: 
     per_replica.append({s.name: metrics.task_metrics(s, per_task[s.name], dataset.labels[s.name],
                                                      dataset.mask[s.name]) for s in specs})
   return aggregate_replicas(per_replica), per_replica
+
+
+def result_key(task: str, alias: str, labelled_by: int) -> str:
+  """A task labelled by one dataset keeps its name; else ``task@alias`` per dataset."""
+  return task if labelled_by == 1 else f"{task}@{alias}"
+
+
+def evaluate_sources(eval_fn, params, sources: Sequence, split: str, specs, groups,
+                     batch_size: int, mesh, replicas: Optional[Replicas] = None
+                     ) -> Tuple[Results, List[Results]]:
+  """Like ``evaluate``, per dataset on its own ``split``, each task on the dataset(s)
+  labelling it (keys from ``result_key``); datasets without ``split`` are skipped.
+
+  One dataset gives exactly ``evaluate``'s result.
+  """
+  count = {s.name: sum(s.name in src.tasks for src in sources) for s in specs}
+  merged, merged_reps = {}, None
+  for src in sources:
+    ds = src.splits.get(split)
+    if ds is None:
+      continue
+    own = [s for s in specs if s.name in src.tasks]
+    _, reps = evaluate(eval_fn, params, ds, own, groups, batch_size, mesh, replicas)
+    reps = [{result_key(t, src.alias, count[t]): v for t, v in r.items()} for r in reps]
+    merged_reps = reps if merged_reps is None else [{**a, **b} for a, b in zip(merged_reps, reps)]
+  if merged_reps is None:
+    raise ValueError(f"no dataset has a {split!r} split")
+  order = [result_key(s.name, src.alias, count[s.name]) for s in specs for src in sources
+           if s.name in src.tasks and split in src.splits]
+  merged_reps = [{k: r[k] for k in order} for r in merged_reps]
+  return aggregate_replicas(merged_reps), merged_reps
 
 
 def aggregate_replicas(per_replica: List[Results]) -> Results:

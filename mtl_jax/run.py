@@ -17,6 +17,7 @@ from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regu
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
 from mtl_jax.data.checks import check_splits
+from mtl_jax.data import mixing
 from mtl_jax.data.feed import TrainFeed
 from mtl_jax.models import build_model
 from mtl_jax.models.sharing import layout as sharing_layout
@@ -102,7 +103,7 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   opt_init = replicas.vmap(tx.init)
   if mesh:
     jit_out = dict(out_shardings=sharding.opt_state_shardings(
-        tx, jax.eval_shape(opt_init, params), p_shard, mesh))
+        jax.eval_shape(opt_init, params), p_shard, params, mesh))
   state = TrainState(
       step=put(replicas.broadcast(jnp.asarray(0, jnp.int32))), params=params,
       opt_state=jax.jit(opt_init, **jit_out)(params),
@@ -130,6 +131,10 @@ class Run:
   train_step: Callable   # jitted, state donated
   eval_fn: Callable      # jitted
   start_step: int
+  # Every dataset with its own splits (one for ``config.data``); ``splits``
+  # is the only dataset's splits, empty with several (docs/datasets.md).
+  sources: Sequence[mixing.Source] = ()
+  phases: Sequence[mixing.Phase] = ()
 
 
 def load_splits(config, specs) -> Dict[str, Any]:
@@ -157,9 +162,21 @@ def setup(config, workdir: str, mesh=None) -> Run:
     config = plan.config
   cfg = lambda k: config_keys.get(config, k)  # noqa: E731
   specs = tasks.specs_from_config(config.tasks)
-  splits = load_splits(config, specs)
-  if plan and plan.cache_trunk:
-    splits = transfer.cache_features(splits, plan.cache_trunk, plan.upstream)
+  phases = ()
+  mixing.check_unused(config)
+  if mixing.uses_mixture(config):
+    if plan and plan.cache_trunk:
+      raise ValueError("transfer strategy cached_probe caches one dataset's features; it does "
+                       "not support config.datasets or config.stages")
+    sources = mixing.load_sources(config, specs)
+    phases = mixing.build_phases(config, sources, specs)
+    splits = sources[0].splits if len(sources) == 1 else {}
+  else:
+    splits = load_splits(config, specs)
+    if plan and plan.cache_trunk:
+      splits = transfer.cache_features(splits, plan.cache_trunk, plan.upstream)
+    sources = [mixing.Source(config.data.name, config.data.name, tuple(s.name for s in specs),
+                             None, splits)]
 
   mesh = mesh or parallel.make_mesh(cfg("num_devices"), int((cfg("mesh") or {}).get("model", 1)))
   parallel.check_batch_size(config.batch_size, mesh)
@@ -172,10 +189,20 @@ def setup(config, workdir: str, mesh=None) -> Run:
   parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   resume = checkpointer.latest_step() is not None
-  sample = jax.tree.map(lambda x: x[:1], splits["train"].inputs)
+  sample = jax.tree.map(lambda x: x[:1], sources[0].splits["train"].inputs)
   program = build_program(config, sample, mesh, load_pretrained=not resume, verbose=is_main)
   replicas = program.replicas
-  feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds)
+  if phases:
+    mixed = mixing.mixing_options(config)["batches"] == "mixed"
+    feed = TrainFeed(None, config.batch_size, replicas.seeds, lambda seed: mixing.MixtureIterator(
+        sources, phases, config.batch_size, seed, mixed, jax.process_index(), jax.process_count()),
+        prefetch=cfg("prefetch_batches"))
+    for p in phases:
+      streams = [(sources[d].alias, round(float(q), 4)) for (d, _), q in zip(p.streams, p.probs)]
+      logging.info("steps %d-%d: %s; streams %s", p.start, p.end, p.label, streams)
+  else:
+    feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds, name=sources[0].alias,
+                     prefetch=cfg("prefetch_batches"))
   state = program.state
   if resume:
     state, data_state = checkpointer.restore(state)
@@ -190,4 +217,4 @@ def setup(config, workdir: str, mesh=None) -> Run:
   eval_fn = jax.jit(program.eval_step, in_shardings=(state_sh.params, dat), out_shardings=rep)
   return Run(config=config, program=program, mesh=mesh, splits=splits, feed=feed,
              checkpointer=checkpointer, train_step=train_step, eval_fn=eval_fn,
-             start_step=replicas.step(state))
+             start_step=replicas.step(state), sources=sources, phases=phases)

@@ -122,12 +122,22 @@ def param_shardings(config_sharding, params, mesh: Mesh, replica_axis: bool = Fa
   return paths.unflatten(out)
 
 
-def opt_state_shardings(tx, opt_state_shapes, params_shardings, mesh: Mesh):
-  """Optimizer-state leaves that mirror a parameter take its sharding; the rest are replicated."""
-  import optax
+def opt_state_shardings(opt_state_shapes, params_shardings, params_shapes, mesh: Mesh):
+  """Optimizer-state leaves that mirror a parameter (Adam's mu/nu: same path suffix and shape)
+  take its sharding; the rest (counts, masked-out frozen groups) are replicated."""
   rep = NamedSharding(mesh, P())
-  return optax.tree_map_params(tx, lambda _, s: s, opt_state_shapes, params_shardings,
-                               transform_non_params=lambda _: rep)
+  shard = paths.flatten(params_shardings)
+  shape = {k: tuple(v.shape) for k, v in paths.flatten(params_shapes).items()}
+
+  def one(path, leaf):
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    for start in range(len(keys)):
+      candidate = "/".join(keys[start:])
+      if candidate in shard and shape[candidate] == tuple(leaf.shape):
+        return shard[candidate]
+    return rep
+
+  return jax.tree_util.tree_map_with_path(one, opt_state_shapes)
 
 
 def state_shardings(state, mesh: Mesh):

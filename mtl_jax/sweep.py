@@ -57,7 +57,8 @@ def run_grid(study_dir: str, make_config: Callable[[str, int], object],
       rows = results.pop("replicas", None) or [{"seed": batch[0], **results}]
       with open(path, "a") as f:
         for row in rows:
-          f.write(json.dumps({"cell": cell, "seconds": seconds, **row}) + "\n")
+          f.write(json.dumps({"cell": cell, "seconds": seconds, **row,
+                              "config": json.loads(config.to_json())}) + "\n")
       log(f"{cell} seeds {batch}: {seconds:.1f}s")
   return path
 

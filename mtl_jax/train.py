@@ -16,7 +16,7 @@ import numpy as np
 
 from mtl_jax import config_keys, metric_writer
 from mtl_jax.checkpoint import load_params_numpy
-from mtl_jax.evaluation import evaluate
+from mtl_jax.evaluation import evaluate_sources
 from mtl_jax.run import setup
 
 
@@ -93,8 +93,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   num_steps, start, state = int(config.num_train_steps), run.start_step, program.state
 
   def run_eval(split):
-    return evaluate(run.eval_fn, state.params, run.splits[split], specs, groups,
-                    cfg("eval_batch_size"), mesh, replicas)
+    return evaluate_sources(run.eval_fn, state.params, run.sources, split, specs, groups,
+                            cfg("eval_batch_size"), mesh, replicas)
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_main)
   bar = metric_writer.progress_bar(num_steps, start, enabled=is_main and cfg("progress_bar"))
@@ -121,6 +121,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         _check_finite(pending, specs, checkpointer)
         summary = _summarize(pending, specs, replicas)
         summary["train/steps_per_sec"] = len(pending) / (time.perf_counter() - t0)
+        summary.update(run.feed.stats())  # examples seen and epochs per dataset
         writer.write(done, summary)
         bar.set_postfix(loss=f"{summary['train/loss']:.4f}")
         pending, t0 = [], time.perf_counter()
@@ -137,11 +138,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     checkpointer.wait()
     results, per_replica = {}, {}
     for split in ("validation", "test"):
-      if split in run.splits:
+      if any(split in src.splits for src in run.sources):
         results[split], per_replica[split] = run_eval(split)
     writer.write(num_steps, {f"{split}/{t}/{m}": v for split, r in results.items()
                              for t, mm in r.items() for m, v in mm.items()})
   finally:
+    run.feed.close()
     bar.close()
     writer.close()
     checkpointer.close()

@@ -22,7 +22,8 @@ def test_config_is_valid(name):
   c = module.get_config()
   config_keys.check_config_keys(c)
   tasks.specs_from_config(c.tasks)
-  assert c.data.name in DATASETS
+  for d in c.get("datasets") or [c.data]:  # several datasets (docs/datasets.md) or one
+    assert d["name"] in DATASETS
   assert c.model.get("sharing", "hard") in SHARING
   if c.get("transfer"):
     c.transfer.upstream = "/some/workdir"
