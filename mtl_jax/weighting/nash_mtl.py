@@ -17,19 +17,26 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
-from mtl_jax.weighting.qp import spd_solve
+from mtl_jax.weighting.qp import compute_dtype
 
 
 def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
-  """α with α ⊙ (Gα) = 1 by damped Newton, solved on G/||G||_F then rescaled."""
+  """α with α ⊙ (Gα) = 1 by damped Newton, solved on G/||G||_F then rescaled.
+
+  The Newton system H = G + diag(1/α²) is solved as D(DGD + I)D with D = diag(α):
+  DGD + I has eigenvalues >= 1, so one Cholesky (LAPACK, O(T³/3)) is stable in float32
+  however ill-conditioned G is (rank-deficient, duplicate tasks).
+  """
+  gram = gram.astype(compute_dtype(gram.dtype))
   t = gram.shape[0]
   nf = jnp.sqrt(jnp.sum(gram * gram))
   g = gram / jnp.where(nf > 0, nf, 1.0)
+  eye = jnp.eye(t, dtype=g.dtype)
 
   def newton(_, a):
     grad = g @ a - 1.0 / a
-    h = g + jnp.diag(1.0 / (a * a))
-    step = -spd_solve(h, grad)
+    m = a[:, None] * g * a[None, :] + eye
+    step = -a * jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(m), a * grad)
     dec = jnp.sqrt(jnp.clip(-grad @ step, 0.0))
     return a + step / (1.0 + dec)
 
@@ -47,6 +54,7 @@ class NashMTL(GramianWeighted):
     self.max_norm, self.newton_iters = max_norm, newton_iters
 
   def weights(self, gram, rng=None):
+    gram = gram.astype(compute_dtype(gram.dtype))
     a = nash_weights(gram, self.newton_iters)
     if self.max_norm > 0:
       norm = jnp.sqrt(jnp.clip(a @ gram @ a, 0.0))
