@@ -22,8 +22,8 @@ definite, as before.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, normalize
-from mtl_jax.weighting.qp import DEFAULT_ITERS, compute_dtype, nonneg_qp
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype, normalize
+from mtl_jax.weighting.qp import DEFAULT_ITERS, nonneg_qp
 
 _RIDGE = 1e-6
 _GRID = 16
@@ -32,7 +32,7 @@ _GRID = 16
 @AGGREGATORS.register("cagrad")
 class CAGrad(GramianWeighted):
   """Options: c (radius of the ball around g0, default 0.5), norm_eps, qp_iters (FISTA steps
-  per grid round, 300)."""
+  per grid round, 200)."""
 
   def __init__(self, c=0.5, norm_eps=1e-4, qp_iters=None):
     if c < 0:

@@ -5,14 +5,14 @@ torchjd.DualProj: min ||d - Jᵀu|| s.t. Jd >= 0, solved in its dual form by
 `qp.nonneg_qp` (fixed-cost FISTA + CG polish).
 """
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, pref_weights
-from mtl_jax.weighting.qp import compute_dtype, dual_cone_weights
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype, pref_weights
+from mtl_jax.weighting.qp import dual_cone_weights
 
 
 @AGGREGATORS.register("dualproj")
 class DualProj(GramianWeighted):
   """Options: pref_vector (1/T), norm_eps, reg_eps (torchjd's 1e-4), qp_iters (FISTA steps,
-  300), polish_iters (CG steps per active-set round, 16)."""
+  200), polish_iters (CG steps per active-set round, 16)."""
 
   def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, qp_iters=None,
                polish_iters=16):

@@ -16,8 +16,7 @@ Rows must be linearly independent for a solution to exist (T <= P).
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
-from mtl_jax.weighting.qp import compute_dtype
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype
 
 
 def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:

@@ -10,11 +10,12 @@ drawn from `rng`, like torchjd's one randperm per task.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, require_rng
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype, require_rng
 
 
 def pcgrad_weights(gram: jax.Array, perms: jax.Array) -> jax.Array:
   """Weights of Σ_i g_i^PC given the visiting order perms[i] of task i (int [T, T])."""
+  gram = gram.astype(compute_dtype(gram.dtype))
   t = gram.shape[0]
   diag = jnp.diagonal(gram)
 

@@ -1,19 +1,18 @@
 """Small dense QPs on the T x T Gramian, solved inside JAX with a fixed iteration count.
 
-`active_set_qp` is a primal active-set method (Lawson-Hanson, extended to an
-optional simplex constraint) for
+`nonneg_qp` is what the aggregators use: min_x ½xᵀQx + cᵀx s.t. x >= 0 for m
+right-hand sides at once (the columns of c), so UPGrad's T projections, DualProj's
+one and CAGrad's grid of 16 are each one batched run whose every iteration is one
+T x T x m matmul: fixed cost, no data-dependent control flow, no loop over tasks.
+Restarted FISTA on the Jacobi-scaled problem finds the active set, then a few
+Lawson-Hanson steps (conjugate gradients on the free set) polish it to float
+precision; docs/weighting.md has the iteration counts and the accuracy reached.
 
-    min_x ½ xᵀ Q x + cᵀ x   s.t.  x >= 0   [and Σ x = 1 if simplex].
-
-Each iteration solves the problem on the current free set exactly (a masked
-T x T SPD solve, plus a Schur complement for Σ x = 1, so shapes stay static)
-and then either frees the most violating coordinate (gradient below
--eps·scale) or steps back to the first constraint it crosses. It reaches the
-exact optimum in finitely many steps: at most 0.9 T iterations were needed on
-random problems with T = 4..32 (conflicting and rank-deficient included), so
-the default `3T + 8` leaves a wide margin. Once optimal, further iterations are
-no-ops; the iterate is feasible after every one. Q must be positive definite on
-the free set (the callers add a ridge).
+`active_set_qp` is the exact primal active-set method (Lawson-Hanson, extended to
+an optional simplex constraint) the aggregators used before: each of its 3T + 8
+iterations does a T-step Gauss-Jordan solve, so it is O(T⁴) and sequential; it is
+kept as a small-T reference (tests) and for callers that want the exact vertex
+path. Q must be positive definite on the free set (the callers add a ridge).
 """
 
 import jax
@@ -22,10 +21,12 @@ import jax.numpy as jnp
 from mtl_jax.weighting.base import normalize, regularize
 
 
-DEFAULT_ITERS = 300  # FISTA steps of nonneg_qp / simplex_qp (see docs/weighting.md)
+DEFAULT_ITERS = 200  # FISTA steps of nonneg_qp (see docs/weighting.md)
 
 
 def default_iters(num_tasks: int) -> int:
+  """`active_set_qp`'s iterations: at most 0.9 T were needed on random problems with
+  T = 4..32 (conflicting and rank-deficient included)."""
   return 3 * num_tasks + 8
 
 
@@ -121,18 +122,13 @@ def dual_cone_weights(u: jax.Array, gram: jax.Array, *, norm_eps: float, reg_eps
 
 # ---- batched first-order solvers: what the aggregators use ------------------------------------
 #
-# One matrix Q, many right-hand sides (UPGrad: T problems, CAGrad: a grid of τ): the m problems
+# One matrix Q, many right-hand sides (UPGrad: T problems, CAGrad: a grid of μ): the m problems
 # are the m columns of one [T, m] iterate, so every iteration is one T x T x m matmul and the
 # cost is fixed and independent of the data (no Python loop over tasks, no data-dependent
 # control flow). FISTA (Beck & Teboulle 2009) with O'Donoghue & Candès's gradient restart
 # identifies the active set; conjugate gradients on that free set then polish the iterate to
 # float precision, and per column the better of the two (smaller projected-gradient residual)
 # is kept, so the polish can never make a result worse.
-
-
-def compute_dtype(dtype):
-  """float32 for bf16/f16 inputs (the QPs need the mantissa), else the input's own dtype."""
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 def max_eigenvalue(q: jax.Array, iters: int = 24) -> jax.Array:
@@ -149,17 +145,6 @@ def max_eigenvalue(q: jax.Array, iters: int = 24) -> jax.Array:
   est = jnp.max(jnp.sum(v * (q @ v), axis=0) / jnp.maximum(jnp.sum(v * v, axis=0), 1e-30))
   bound = jnp.max(jnp.sum(jnp.abs(q), axis=1))
   return jnp.maximum(jnp.minimum(1.05 * est, bound), jnp.finfo(q.dtype).tiny)
-
-
-def project_simplex(v: jax.Array) -> jax.Array:
-  """Euclidean projection of every column of v [T, m] onto the probability simplex."""
-  t = v.shape[0]
-  u = -jnp.sort(-v, axis=0)
-  css = jnp.cumsum(u, axis=0) - 1.0
-  k = jnp.arange(1, t + 1, dtype=v.dtype)[:, None]
-  rho = jnp.sum(u - css / k > 0, axis=0, keepdims=True)  # >= 1 always
-  theta = jnp.take_along_axis(css, rho - 1, axis=0) / rho.astype(v.dtype)
-  return jnp.maximum(v - theta, 0.0)
 
 
 def _fista(q, c, x0, project, iters):
@@ -210,7 +195,7 @@ def _nonneg_residual(q, c, x, d):
   return jnp.linalg.norm(xs - jnp.maximum(xs - grad_s, 0.0), axis=0)
 
 
-def nonneg_qp(q: jax.Array, c: jax.Array, *, iters: int = 300, polish_iters: int = 16,
+def nonneg_qp(q: jax.Array, c: jax.Array, *, iters: int = DEFAULT_ITERS, polish_iters: int = 16,
               rounds: int = 6) -> jax.Array:
   """argmin ½xᵀqx + cᵀx over x >= 0 for every column of c [T, m] (or c [T]); q PD.
 
@@ -218,8 +203,8 @@ def nonneg_qp(q: jax.Array, c: jax.Array, *, iters: int = 300, polish_iters: int
   very different gradient norms cost no extra iterations; the box is scale-invariant),
   then `rounds` Lawson-Hanson active-set steps from FISTA's free set (each: CG with
   `polish_iters` steps on the free set, then move there and free the most violating
-  coordinate, or step back to the first bound it crosses); per column the iterate with the smallest KKT residual
-  is returned, so the polish never makes FISTA's answer worse. CG runs on the unscaled q:
+  coordinate, or step back to the first bound it crosses); per column the iterate with
+  the smallest KKT residual is returned, so the polish never makes FISTA's answer worse. CG runs on the unscaled q:
   for a rank-r Gramian plus a ridge (T > P) its spectrum is r values and one cluster, on
   which CG converges in about r steps however large the condition number.
   """
@@ -252,11 +237,3 @@ def nonneg_qp(q: jax.Array, c: jax.Array, *, iters: int = 300, polish_iters: int
     better = res < best_res
     best, best_res = jnp.where(better, x, best), jnp.where(better, res, best_res)
   return best[:, 0] if vec else best
-
-
-def simplex_qp(q: jax.Array, c: jax.Array, *, iters: int = 300, x0=None) -> jax.Array:
-  """argmin ½xᵀqx + cᵀx over the simplex, every column of c [T, m]: restarted FISTA from
-  x0 (default the uniform weights)."""
-  t = q.shape[0]
-  x0 = jnp.full(c.shape, 1.0 / t, q.dtype) if x0 is None else x0
-  return _fista(q, c, x0, project_simplex, iters)

@@ -11,14 +11,14 @@ iteration is one T x T x T matmul, a fixed number of them.
 
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, pref_weights
-from mtl_jax.weighting.qp import compute_dtype, dual_cone_weights
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype, pref_weights
+from mtl_jax.weighting.qp import dual_cone_weights
 
 
 @AGGREGATORS.register("upgrad")
 class UPGrad(GramianWeighted):
   """Options: pref_vector (1/T), norm_eps, reg_eps (torchjd's 1e-4), qp_iters (FISTA steps,
-  300), polish_iters (CG steps per active-set round, 16)."""
+  200), polish_iters (CG steps per active-set round, 16)."""
 
   def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, qp_iters=None,
                polish_iters=16):
