@@ -22,7 +22,9 @@ from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype
 def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
   """α with α ⊙ (Gα) = 1 by damped Newton, solved on G/||G||_F then rescaled.
 
-  The Newton system H = G + diag(1/α²) is solved as D(DGD + I)D with D = diag(α):
+  Newton with a fixed-cost line search (the damped step 1/(1+λ), λ the Newton decrement,
+  which alone converges for this self-concordant function, and 1, 1/2, ..., 1/64, all
+  evaluated at once). The Newton system H = G + diag(1/α²) is solved as D(DGD + I)D with D = diag(α):
   DGD + I has eigenvalues >= 1, so one Cholesky (LAPACK, O(T³/3)) is stable in float32
   however ill-conditioned G is (rank-deficient, duplicate tasks).
   """
@@ -32,14 +34,27 @@ def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
   g = gram / jnp.where(nf > 0, nf, 1.0)
   eye = jnp.eye(t, dtype=g.dtype)
 
+  def objective(x):  # ½xᵀgx - Σ log x per column; +inf outside x > 0
+    pos = jnp.all(x > 0, axis=0)
+    val = 0.5 * jnp.sum(x * (g @ x), axis=0) - jnp.sum(jnp.log(jnp.where(x > 0, x, 1.0)), axis=0)
+    return jnp.where(pos, val, jnp.inf)
+
   def newton(_, a):
     grad = g @ a - 1.0 / a
     m = a[:, None] * g * a[None, :] + eye
     step = -a * jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(m), a * grad)
     dec = jnp.sqrt(jnp.clip(-grad @ step, 0.0))
-    return a + step / (1.0 + dec)
+    # Fixed-cost line search: the damped step 1/(1+λ) (always feasible and decreasing) and
+    # seven longer ones, all evaluated at once; keep the best.
+    sizes = jnp.concatenate([2.0 ** -jnp.arange(7, dtype=g.dtype), (1.0 / (1.0 + dec))[None]])
+    cand = a[:, None] + step[:, None] * sizes[None, :]
+    return cand[:, jnp.argmin(objective(cand))]
 
-  a = jax.lax.fori_loop(0, iters, newton, jnp.ones((t,), gram.dtype))
+  # Start at the solution for orthogonal rows, α_i = 1/||g_i||: rows of very different norms
+  # would otherwise spend most of the damped phase rescaling α.
+  diag = jnp.diagonal(g)
+  a0 = jnp.where(diag > 0, 1.0 / jnp.sqrt(jnp.where(diag > 0, diag, 1.0)), 1.0)
+  a = jax.lax.fori_loop(0, iters, newton, a0)
   return a / jnp.sqrt(jnp.where(nf > 0, nf, 1.0))
 
 

@@ -36,5 +36,5 @@ class PCGrad(GramianWeighted):
 
   def weights(self, gram, rng=None):
     t = gram.shape[0]
-    u = jax.random.uniform(require_rng(rng, "pcgrad"), (t, t))
+    u = jax.random.uniform(require_rng(rng, "pcgrad"), (t, t), jnp.float32)  # same orders under x64
     return pcgrad_weights(gram, jnp.argsort(u, axis=1))  # one uniform permutation per task
