@@ -20,13 +20,14 @@ from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype
 
 
 def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
-  """α with α ⊙ (Gα) = 1 by damped Newton, solved on G/||G||_F then rescaled.
+  """α with α ⊙ (Gα) = 1 by Newton on G/||G||_F, then rescaled.
 
-  Newton with a fixed-cost line search (the damped step 1/(1+λ), λ the Newton decrement,
-  which alone converges for this self-concordant function, and 1, 1/2, ..., 1/64, all
-  evaluated at once). The Newton system H = G + diag(1/α²) is solved as D(DGD + I)D with D = diag(α):
-  DGD + I has eigenvalues >= 1, so one Cholesky (LAPACK, O(T³/3)) is stable in float32
-  however ill-conditioned G is (rank-deficient, duplicate tasks).
+  Each step has a fixed-cost line search: the damped step 1/(1+λ) (λ the Newton
+  decrement; alone it converges for this self-concordant function) and the steps 1,
+  1/2, ..., 1/64, all evaluated at once, the best kept (the full step once λ < 1/4,
+  where it converges quadratically). The Newton system
+  H = G + diag(1/α²) is solved as D(DGD + I)D with D = diag(α): DGD + I has eigenvalues
+  >= 1, so one Cholesky (O(T³/3)) is stable in float32 however singular G is.
   """
   gram = gram.astype(compute_dtype(gram.dtype))
   t = gram.shape[0]
@@ -35,7 +36,7 @@ def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
   eye = jnp.eye(t, dtype=g.dtype)
 
   def objective(x):  # ½xᵀgx - Σ log x per column; +inf outside x > 0
-    pos = jnp.all(x > 0, axis=0)
+    pos = jnp.all((x > 0) & jnp.isfinite(x), axis=0)
     val = 0.5 * jnp.sum(x * (g @ x), axis=0) - jnp.sum(jnp.log(jnp.where(x > 0, x, 1.0)), axis=0)
     return jnp.where(pos, val, jnp.inf)
 
@@ -47,8 +48,14 @@ def nash_weights(gram: jax.Array, iters: int = 40) -> jax.Array:
     # Fixed-cost line search: the damped step 1/(1+λ) (always feasible and decreasing) and
     # seven longer ones, all evaluated at once; keep the best.
     sizes = jnp.concatenate([2.0 ** -jnp.arange(7, dtype=g.dtype), (1.0 / (1.0 + dec))[None]])
-    cand = a[:, None] + step[:, None] * sizes[None, :]
-    return cand[:, jnp.argmin(objective(cand))]
+    cand = jnp.concatenate([a[:, None] + step[:, None] * sizes[None, :], a[:, None]], axis=1)
+    vals = objective(cand)  # the last candidate is `a` itself: never worse, never NaN
+    searched = cand[:, jnp.argmin(jnp.where(jnp.isnan(vals), jnp.inf, vals))]
+    # λ < 1/4: the full step stays in the domain and converges quadratically; take it, since
+    # float32 objective values can no longer rank the candidates there.
+    full = a + step
+    full_ok = (dec < 0.25) & jnp.all((full > 0) & jnp.isfinite(full))
+    return jnp.where(full_ok, full, searched)
 
   # Start at the solution for orthogonal rows, α_i = 1/||g_i||: rows of very different norms
   # would otherwise spend most of the damped phase rescaling α.

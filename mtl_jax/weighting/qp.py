@@ -126,9 +126,8 @@ def dual_cone_weights(u: jax.Array, gram: jax.Array, *, norm_eps: float, reg_eps
 # are the m columns of one [T, m] iterate, so every iteration is one T x T x m matmul and the
 # cost is fixed and independent of the data (no Python loop over tasks, no data-dependent
 # control flow). FISTA (Beck & Teboulle 2009) with O'Donoghue & Candès's gradient restart
-# identifies the active set; conjugate gradients on that free set then polish the iterate to
-# float precision, and per column the better of the two (smaller projected-gradient residual)
-# is kept, so the polish can never make a result worse.
+# identifies the active set; Lawson-Hanson steps with conjugate gradients on the free set then
+# polish the iterate to float precision (see `nonneg_qp`).
 
 
 def max_eigenvalue(q: jax.Array, iters: int = 24) -> jax.Array:
@@ -204,9 +203,10 @@ def nonneg_qp(q: jax.Array, c: jax.Array, *, iters: int = DEFAULT_ITERS, polish_
   then `rounds` Lawson-Hanson active-set steps from FISTA's free set (each: CG with
   `polish_iters` steps on the free set, then move there and free the most violating
   coordinate, or step back to the first bound it crosses); per column the iterate with
-  the smallest KKT residual is returned, so the polish never makes FISTA's answer worse. CG runs on the unscaled q:
-  for a rank-r Gramian plus a ridge (T > P) its spectrum is r values and one cluster, on
-  which CG converges in about r steps however large the condition number.
+  the smallest KKT residual is returned, so the polish never makes FISTA's answer worse.
+  CG runs on the unscaled q: for a rank-r Gramian plus a ridge (T > P) its spectrum is r
+  values and one cluster, on which CG converges in about r steps whatever the condition
+  number.
   """
   vec = c.ndim == 1
   c = c[:, None] if vec else c
