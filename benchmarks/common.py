@@ -1,8 +1,9 @@
 """Shared helpers for the step-time benchmarks.
 
-Builds a TrainState and the library's own train step (``mtl_jax.train``) from a
-plain config dict, makes random batches in the masked multi-task format and
-times jitted steps (compile separately, warm-up, repeats, median).
+Builds the library's own program (``mtl_jax.run.build_program``: state and
+train step, as training does) from a plain config dict, makes random batches
+in the masked multi-task format and times jitted steps (compile separately,
+warm-up, repeats, median).
 
 Benchmark scripts print exactly one JSON object on stdout; everything else
 (progress, logs) goes to stderr.
@@ -19,9 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl_jax import optim, tasks
-from mtl_jax.models import build_model
-from mtl_jax.train import TrainState, make_train_step
+from mtl_jax import tasks
+from mtl_jax.models.sharing import zero_features
+from mtl_jax.run import build_program
 
 
 def log(*args) -> None:
@@ -57,12 +58,15 @@ def mixed_tasks(n: int) -> List[Dict[str, Any]]:
 
 
 class Built:
-  """Everything a benchmark needs about one configuration."""
+  """Everything a benchmark needs about one configuration: a built program, its batch shape."""
 
-  def __init__(self, specs, groups, model, tx, labels, trainable, state, step_fn, input_shape,
-               batch_size):
-    self.specs, self.groups, self.model, self.tx = specs, groups, model, tx
-    self.labels, self.trainable, self.state, self.step_fn = labels, trainable, state, step_fn
+  def __init__(self, program, input_shape, batch_size, config):
+    self.program, self.config = program, config
+    self.specs, self.groups, self.model, self.tx = (program.specs, program.groups, program.model,
+                                                    program.tx)
+    self.labels, self.trainable = program.param_labels, program.trainable
+    self.state, self.step_fn = program.state, program.train_step
+    self.strategy = program.strategy
     self.input_shape, self.batch_size = tuple(input_shape), batch_size
 
   def num_params(self, trainable_only: bool = False) -> int:
@@ -89,35 +93,38 @@ def _host_init(shapes, seed: int):
   return jax.device_put(jax.tree_util.tree_map_with_path(one, shapes))
 
 
-def build(config: Mapping[str, Any], seed: int = 0, host_init: bool = False) -> Built:
-  """TrainState + pure train step from a config dict, the way train_and_evaluate does it.
+def _config_dict(config: Mapping[str, Any], seed: int, weighting=None) -> ml_collections.ConfigDict:
+  c = {k: v for k, v in config.items() if k != "input_shape"}
+  c.setdefault("num_train_steps", 1000)
+  c["seed"] = seed
+  c["param_groups"] = [tuple(r) for r in config.get("param_groups", [(".*", 1.0)])]
+  if weighting is not None:
+    c["weighting"] = weighting
+  return ml_collections.ConfigDict(c)
 
-  ``config`` keys: ``tasks`` (list of task dicts), ``model`` (``{"sharing", "trunk",
-  ...}``), ``optimizer`` (``{"name", "learning_rate", ...}``), ``param_groups``
-  (default ``[(".*", 1.0)]``), ``batch_size``, ``input_shape`` (per example),
-  ``num_train_steps`` (for schedules; default 1000). ``host_init`` draws the
-  parameters with NumPy instead of compiling ``model.init`` (for --quick runs;
-  step times do not depend on the values).
+
+def build(config: Mapping[str, Any], seed: int = 0, host_init: bool = False,
+          weighting=None, params=None, wrap_strategy=None) -> Built:
+  """The library's program (``mtl_jax.run.build_program``) from a config dict.
+
+  ``config`` keys: those of a training config (``tasks``, ``model``,
+  ``optimizer``, ``param_groups``, ``batch_size``, ``regularizers``,
+  ``weighting``, ``num_train_steps`` for schedules, default 1000) plus
+  ``input_shape`` (per example). ``host_init`` draws the parameters with
+  NumPy instead of compiling ``model.init`` (for --quick runs; step times do
+  not depend on the values). ``weighting`` overrides ``config["weighting"]``;
+  ``params`` and ``wrap_strategy`` are passed to ``build_program``.
   """
-  specs = tasks.specs_from_config(config["tasks"])
-  groups = tasks.group_tasks(specs)
-  model = build_model(ml_collections.ConfigDict(dict(config["model"])), groups)
-  rng = jax.random.PRNGKey(seed)
-  init_rng, state_rng = jax.random.split(rng)
+  cfg = _config_dict(config, seed, weighting)
   sample = np.zeros((1,) + tuple(config["input_shape"]), np.float32)
-  if host_init:
-    params = _host_init(jax.eval_shape(lambda r: model.init(r, sample)["params"], init_rng), seed)
-  else:
-    params = jax.jit(lambda r: model.init(r, sample)["params"])(init_rng)
-  rules = [tuple(r) for r in config.get("param_groups", [(".*", 1.0)])]
-  tx, labels, _ = optim.make_optimizer(ml_collections.ConfigDict(dict(config["optimizer"])),
-                                       rules, params, int(config.get("num_train_steps", 1000)))
-  trainable = optim.trainable_mask(labels)
-  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                     opt_state=jax.jit(tx.init)(params), rng=state_rng)
-  step_fn = make_train_step(model=model, tx=tx, specs=specs, groups=groups, trainable=trainable)
-  return Built(specs, groups, model, tx, labels, trainable, state, step_fn,
-               config["input_shape"], int(config["batch_size"]))
+  if host_init and params is None:
+    from mtl_jax import tasks as tasks_lib
+    from mtl_jax.models import build_model
+    model = build_model(cfg.model, tasks_lib.group_tasks(tasks_lib.specs_from_config(cfg.tasks)))
+    shapes = jax.eval_shape(lambda r: model.init(r, sample)["params"], jax.random.PRNGKey(seed))
+    params = _host_init(shapes, seed)
+  program = build_program(cfg, sample, params=params, wrap_strategy=wrap_strategy)
+  return Built(program, config["input_shape"], int(config["batch_size"]), config)
 
 
 def random_batch(specs: Sequence[tasks.TaskSpec], batch_size: int, input_shape: Sequence[int],
@@ -232,32 +239,21 @@ def paired_ratio(samples_a: Sequence[float], samples_b: Sequence[float]) -> floa
 
 
 def shared_feature_shape(model, input_shape: Sequence[int], batch_size: int):
-  """Shape of the representation ``model`` exposes with ``perturb("shared_features")``
-  (as train.py finds it), or None when it exposes none."""
-  sample = jnp.zeros((batch_size,) + tuple(input_shape), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), sample)
-  z = shapes.get("perturbations", {}).get("shared_features")
+  """Shape of the representation ``model`` exposes to representation-gradient methods
+  (``mtl_jax.models.sharing.zero_features``), or None when it exposes none."""
+  z = zero_features(model, jnp.zeros((batch_size,) + tuple(input_shape), jnp.float32))
   return None if z is None else tuple(z.shape)
 
 
-def with_weighting(built: Built, weighting, combiner_cls=None) -> Built:
-  """A copy of ``built`` whose step combines the task losses per ``weighting`` (a
-  ``config.weighting`` dict; None: equal weights), built as train.py builds it.
+def with_weighting(built: Built, weighting, strategy_cls=None) -> Built:
+  """``built``'s config and parameters with its losses combined per ``weighting`` (a
+  ``config.weighting`` dict; None: equal weights), built by the same factory.
 
-  ``combiner_cls`` (default ``GradientCombiner``) swaps in a variant with the same
-  constructor. The copy has ``.combiner`` and ``.z_shape`` set.
+  ``strategy_cls`` (optional) replaces the strategy the factory picks by
+  ``strategy_cls.like(strategy)`` (e.g. a loop baseline of the same aggregator).
   """
-  from mtl_jax.weighting.combine import GradientCombiner
-  combiner = (combiner_cls or GradientCombiner)(weighting, len(built.specs), built.state.params)
-  z_shape = shared_feature_shape(built.model, built.input_shape, built.batch_size)
-  step_fn = make_train_step(model=built.model, tx=built.tx, specs=built.specs,
-                            groups=built.groups, trainable=built.trainable, combiner=combiner,
-                            z_shape=z_shape)
-  out = Built(built.specs, built.groups, built.model, built.tx, built.labels, built.trainable,
-              built.state.replace(weighting=combiner.init_state()), step_fn, built.input_shape,
-              built.batch_size)
-  out.combiner, out.z_shape = combiner, z_shape
-  return out
+  return build(built.config, weighting=weighting, params=built.state.params,
+               wrap_strategy=strategy_cls.like if strategy_cls else None)
 
 
 def memory_stats(compiled) -> Dict[str, int]:

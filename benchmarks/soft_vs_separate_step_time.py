@@ -21,8 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-from mtl_jax import regularizers  # noqa: E402
-from mtl_jax.train import make_train_step  # noqa: E402
 
 TARGET = 0.5
 
@@ -60,10 +58,7 @@ def _config(tasks, sharing, trunk, batch, input_dim, reg_weight):
 
 
 def _soft_timer(config, host_init):
-  built = common.build(config, host_init=host_init)
-  reg = regularizers.build_regularizer(config["regularizers"])  # None for single_task
-  built.step_fn = make_train_step(model=built.model, tx=built.tx, specs=built.specs,
-                                  groups=built.groups, trainable=built.trainable, regularizer=reg)
+  built = common.build(config, host_init=host_init)  # the config's regularizers included
   batch = common.random_batch(built.specs, built.batch_size, built.input_shape, seed=0)
   return common.StepTimer(built, batch), built
 

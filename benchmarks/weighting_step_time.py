@@ -42,8 +42,8 @@ import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mtl_jax.weighting import combine  # noqa: E402
-from mtl_jax.weighting.combine import GradientCombiner  # noqa: E402
+from mtl_jax.weighting import gramian_strategy, jacobian_strategy, strategy  # noqa: E402
+from mtl_jax.weighting.base import gramian  # noqa: E402
 
 TARGET_T = 8
 TARGET_REPRESENTATION = 1.3   # step(representation method) / step(EW)
@@ -54,7 +54,7 @@ JACOBIAN_METHODS = ("mean", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "i
 REPRESENTATION_METHODS = ("mgda", "upgrad")
 
 
-class LoopCombiner(GradientCombiner):
+class LoopCombiner(jacobian_strategy.JacobianStrategy):
   """The Jacobian path with the T task gradients from T separate backward passes in a
   Python loop (what PyTorch MTL libraries do), then the same aggregation.
 
@@ -65,28 +65,28 @@ class LoopCombiner(GradientCombiner):
 
   recompute_forward = True
 
-  def grads(self, loss_terms, params, rng, static_weights, wstate=None, z0=None, reg_grad=None):
-    del wstate, z0, reg_grad
+  @classmethod
+  def like(cls, jacobian: jacobian_strategy.JacobianStrategy) -> "LoopCombiner":
+    return cls(jacobian.aggregator, jacobian.num_tasks, jacobian.shared_mask)
 
-    def weighted(p):
-      per_task, reg = loss_terms(p, None)
-      return per_task * static_weights, (per_task, reg)
-
+  def gradients(self, problem, params, wstate, rng):
+    del wstate
     n = self.num_tasks
     if self.recompute_forward:
-      rows = [jax.grad(lambda p, t=t: weighted(p)[0][t])(params) for t in range(n)]
-      wl, (per_task, reg) = weighted(params)
+      rows = [jax.grad(lambda p, t=t: problem.weighted(p)[0][t])(params) for t in range(n)]
+      wl, (per_task, reg) = problem.weighted(params)
     else:
-      wl, vjp_fn, (per_task, reg) = jax.vjp(weighted, params, has_aux=True)
+      wl, vjp_fn, (per_task, reg) = jax.vjp(problem.weighted, params, has_aux=True)
       eye = jnp.eye(n, dtype=wl.dtype)
       rows = [vjp_fn(eye[t])[0] for t in range(n)]
     per_task_grads = jax.tree.map(lambda *g: jnp.stack(g), *rows)
-    jac = combine._flatten_rows(per_task_grads, self.shared_mask)
-    shared = combine._unflatten_row(self.aggregator(jac, rng), per_task_grads, self.shared_mask)
+    jac = strategy.flatten_rows(per_task_grads, self.shared_mask)
+    shared = jacobian_strategy.unflatten_row(self.aggregator(jac, rng), per_task_grads,
+                                              self.shared_mask)
     summed = jax.tree.map(lambda g: g.sum(0), per_task_grads)
     grads = jax.tree.map(lambda m, s, t: s if m else t, self.shared_mask, shared, summed)
     metrics = {"task_loss": per_task, "regularizer": reg, "loss": jnp.sum(wl) + reg}
-    metrics.update(combine.task_gradient_stats(jac))
+    metrics.update(gramian_strategy.gram_stats(gramian(jac)))
     return grads, None, metrics
 
 
@@ -107,8 +107,8 @@ def methods_for(t: int, args, has_features: bool):
       out[name] = ("representation", {"aggregator": a, "mode": "representation"}, None)
     else:
       skipped[name] = ("the model exposes no shared features: HardSharing does not call "
-                       "self.perturb('shared_features', features), so mode='representation' "
-                       "cannot run (GradientCombiner raises at trace time)")
+                       "self.perturb(SHARED_FEATURES, features), so mode='representation' "
+                       "cannot run (RepresentationStrategy raises at trace time)")
   loop_aggs = JACOBIAN_METHODS if (args.loop_all_t or t == TARGET_T) else ("mean",)
   for a in loop_aggs:
     cfg = {"aggregator": a, "mode": "jacobian"}

@@ -27,13 +27,27 @@ many runs. With the dataset's default 8k train examples the model overfits (test
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from mtl_jax.config_validation import ConfigError
 
 
 def get_config(arg: str = "0.5") -> ml_collections.ConfigDict:
   items = [a for a in (arg or "").split(",") if a]
   runlocal = "runlocal" in items
   values = [a for a in items if a != "runlocal"]
+  for v in values:
+    try:
+      float(v)
+    except ValueError:
+      raise ConfigError(f"configs/mmoe_synthetic.py: unknown config argument {v!r} in {arg!r}; "
+                        f"valid: P[,runlocal] with P a correlation in [0, 1]") from None
+  if len(values) > 1:
+    raise ConfigError(f"configs/mmoe_synthetic.py: argument {arg!r} has {len(values)} values "
+                      f"{values}; valid: P[,runlocal] with P in [0, 1]")
   p = float(values[0]) if values else 0.5
+  if not 0 <= p <= 1:
+    raise ConfigError(f"configs/mmoe_synthetic.py: correlation p={p} in {arg!r}; valid: [0, 1]")
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -42,7 +56,6 @@ def get_config(arg: str = "0.5") -> ml_collections.ConfigDict:
   config.model = dict(sharing="mmoe", trunk=dict(name="mlp", features=(16,)), num_experts=8,
                       head_hidden=(8,))
   config.optimizer = dict(name="adam", learning_rate=1e-3)
-  config.weighting = dict(shared="experts/.*|gate")  # sharing.SHARED_PARAMS["mmoe"]
   config.param_groups = [(".*", 1.0)]
   config.batch_size = 128
   config.eval_batch_size = 1000
@@ -51,7 +64,7 @@ def get_config(arg: str = "0.5") -> ml_collections.ConfigDict:
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 4000
   config.keep_checkpoints = 1
-  config.num_devices = None
+  config.num_devices = config_dict.placeholder(int)  # None: every device; --config.num_devices=N
   config.progress_bar = True
   if runlocal:
     config.num_train_steps = 200

@@ -18,11 +18,21 @@ Expected test accuracy (experiments/transfer_scenarios, 5 seeds):
 import ml_collections
 
 from configs import mnist1d_upstream
+from mtl_jax import transfer
+from mtl_jax.config_validation import ConfigError, check_config_arg
 
 
 def get_config(arg: str = "linear_probe,small") -> ml_collections.ConfigDict:
   parts = arg.split(",")
   strategy, size = parts[0], "large" if "large" in parts else "small"
+  if strategy.split(":")[0] not in transfer.STRATEGIES:
+    raise ConfigError(f"configs/mnist1d_transfer.py: unknown strategy {strategy!r} in {arg!r}; "
+                      f"valid: {list(transfer.STRATEGIES)} (freeze_bottom:N, truncate:K, "
+                      f"cached_probe[:K])")
+  check_config_arg(",".join(parts[1:]), ("small", "large", "different"),
+                   "configs/mnist1d_transfer.py")
+  if "small" in parts and "large" in parts:
+    raise ConfigError(f"configs/mnist1d_transfer.py: {arg!r} asks for both small and large")
   c = mnist1d_upstream.get_config()
   c.data = dict(name="mnist1d", dataset_args={"num_samples": 10000}, classes=[5, 6, 7, 8, 9],
                 shuffle_spatial="different" in parts,

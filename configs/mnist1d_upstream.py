@@ -9,11 +9,15 @@ cores. ``:runlocal`` trains 300 steps.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from mtl_jax.config_validation import check_config_arg
 
 CNN = dict(name="cnn", features=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2))
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  check_config_arg(arg, ("runlocal",), "configs/mnist1d_upstream.py")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = dict(name="mnist1d", dataset_args={"num_samples": 10000}, classes=[0, 1, 2, 3, 4])
@@ -25,6 +29,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.num_train_steps = 3000
   c.log_every_steps = 500
   c.checkpoint_every_steps = 1000
+  c.num_devices = config_dict.placeholder(int)  # None: every device; --config.num_devices=N
   if arg == "runlocal":
     c.num_train_steps = 300
   return c

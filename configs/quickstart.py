@@ -13,9 +13,13 @@ on digit with all labels and ~8000 steps; this short run is below that.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from mtl_jax.config_validation import check_config_arg
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  check_config_arg(arg, ("runlocal",), "configs/quickstart.py")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = dict(name="mnist1d", hide_rate=0.3)
@@ -33,7 +37,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
-  config.num_devices = None
+  config.num_devices = config_dict.placeholder(int)  # None: every device; --config.num_devices=N
   config.progress_bar = True
   if arg == "runlocal":
     config.num_train_steps = 60

@@ -1,8 +1,13 @@
 """The top-level config keys train_and_evaluate understands, with defaults.
 
 Checked up front so that a typo (``num_train_step``) fails with the list of
-valid keys instead of being silently ignored.
+valid keys instead of being silently ignored; ``check_config_keys`` then runs
+``config_validation.validate_config`` so values out of range fail too.
 """
+
+class ConfigError(ValueError):
+  """A config key or value is invalid; the message names the key and the valid range."""
+
 
 REQUIRED = ("data", "tasks", "model", "optimizer", "batch_size", "num_train_steps")
 
@@ -15,12 +20,13 @@ DEFAULTS = {
     "eval_every_steps": 0,          # 0: evaluate only at the end
     "checkpoint_every_steps": 500,  # 0: checkpoint only at the end
     "keep_checkpoints": 3,
-    "num_devices": None,            # None: every device
+    "num_devices": None,            # None: every device (configs: placeholder(int), CLI-overridable)
     "progress_bar": True,
     "init_from": None,              # dict(workdir=, step=None, load=".*", skip="heads/.*")
     "transfer": None,               # dict(strategy=, upstream=, ...): see mtl_jax/transfer.py
     "weighting": None,              # dict(name=loss weighting | aggregator=..., ...): docs/weighting.md
     "regularizers": [],             # [dict(name=, weight=, select=regex, ...)]
+    "grad_accum_steps": 1,          # K microbatches per update (mtl_jax/step.py)
 }
 
 
@@ -32,6 +38,8 @@ def check_config_keys(config) -> None:
   missing = [k for k in REQUIRED if k not in config]
   if missing:
     raise ValueError(f"config is missing required keys {missing}")
+  from mtl_jax import config_validation  # pylint: disable=g-import-not-at-top  (imports optim)
+  config_validation.validate_config(config)
 
 
 def get(config, key):

@@ -9,25 +9,16 @@ pass instead of computing gradients that are thrown away.
 """
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import jax
 import optax
-from flax import traverse_util
+
+from mtl_jax import paths
+
+from mtl_jax.config_keys import ConfigError
 
 FROZEN = "frozen"
-
-
-def path_str(path: Tuple[Any, ...]) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def _flat(params) -> Dict[str, Any]:
-  return {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
-
-
-def _unflat(flat: Dict[str, Any]):
-  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def _group_name(mult: Optional[float]) -> str:
@@ -48,7 +39,7 @@ def label_params(params, rules: Sequence[Tuple[str, Optional[float]]]) -> Tuple[
       raise ValueError(f"param_groups rule {pattern!r}: lr_mult must be > 0 or None "
                        f"(frozen), got {mult}")
     compiled.append((re.compile(pattern), pattern, mult))
-  flat = _flat(params)
+  flat = paths.flatten(params)
   labels, log, uncovered = {}, [], []
   for path in flat:
     for regex, pattern, mult in compiled:
@@ -60,7 +51,7 @@ def label_params(params, rules: Sequence[Tuple[str, Optional[float]]]) -> Tuple[
       uncovered.append(path)
   if uncovered:
     raise ValueError(f"param_groups cover no rule for {uncovered}; add a final ('.*', 1.0)")
-  return _unflat(labels), log
+  return paths.unflatten(labels), log
 
 
 def trainable_mask(labels) -> Any:
@@ -85,6 +76,40 @@ def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
   return main
 
 
+# Options every optimizer reads, and the ones only some read: anything else
+# (a typo, or weight_decay on adam) would be silently ignored, so it is an error.
+COMMON_OPTIONS = ("name", "learning_rate", "schedule", "warmup_steps", "grad_clip_norm")
+OPTIONS = {"adam": (), "adamw": ("weight_decay",), "sgd": ("momentum",)}
+
+
+def check_options(opt_config) -> None:
+  """Raises ConfigError naming an option the chosen optimizer does not read, or a bad value."""
+  opt = dict(opt_config)
+  name = opt.get("name", "adam")
+  if name not in OPTIONS:
+    raise KeyError(f"unknown optimizer {name!r}; valid names: {sorted(OPTIONS)}")
+  valid = COMMON_OPTIONS + OPTIONS[name]
+  unknown = sorted(set(opt) - set(valid))
+  if unknown:
+    used_by = {k: [n for n, o in OPTIONS.items() if k in o] for k in unknown}
+    hint = "; ".join(f"{k!r} is read only by {v}" for k, v in used_by.items() if v)
+    raise ConfigError(f"optimizer {name!r}: unknown option(s) {unknown}"
+                     f"{' (' + hint + ')' if hint else ''}; valid options: {sorted(valid)}")
+  if "learning_rate" not in opt:
+    raise ConfigError(f"config.optimizer.learning_rate is required (optimizer {name!r})")
+  checks = {"learning_rate": (lambda v: v > 0, "> 0"),
+            "warmup_steps": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
+            "grad_clip_norm": (lambda v: v is None or v >= 0, "None or >= 0 (0/None: no clipping)"),
+            "weight_decay": (lambda v: v >= 0, ">= 0"),
+            "momentum": (lambda v: v is None or 0 <= v < 1, "None or in [0, 1)")}
+  for key, (ok, valid_range) in checks.items():
+    if key in opt:
+      v = opt[key]
+      good = (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))) and ok(v)
+      if not good:
+        raise ConfigError(f"config.optimizer.{key} = {v!r}: must be {valid_range}")
+
+
 def _base_optimizer(opt_config, lr) -> optax.GradientTransformation:
   name = opt_config.get("name", "adam")
   wd = opt_config.get("weight_decay", 0.0)
@@ -99,6 +124,7 @@ def _base_optimizer(opt_config, lr) -> optax.GradientTransformation:
 
 def make_optimizer(opt_config, rules, params, num_train_steps: int):
   """Returns (optax transform, parameter labels tree, log lines)."""
+  check_options(opt_config)
   labels, log = label_params(params, rules)
   schedule = learning_rate_schedule(opt_config, num_train_steps)
   transforms = {}

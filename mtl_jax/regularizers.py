@@ -6,13 +6,12 @@ scalar``; the loss adds ``weight * fn(...)``. ``select`` is a full-match
 regex on ``/``-joined parameter paths, like param_groups.
 """
 
-import re
 from typing import Any, Dict, List
 
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
+from mtl_jax import paths
 from mtl_jax.registry import Registry
 
 REGULARIZERS = Registry("regularizer")
@@ -20,13 +19,9 @@ REGULARIZERS = Registry("regularizer")
 
 def select_leaves(params, select: str) -> List[jax.Array]:
   """The leaves whose path fully matches ``select``; an empty selection is an error."""
-  regex = re.compile(select)
-  flat = traverse_util.flatten_dict(params)
-  leaves = [v for k, v in sorted(flat.items()) if regex.fullmatch("/".join(k))]
-  if not leaves:
-    raise ValueError(f"regularizer select {select!r} matches no parameter; paths look like "
-                     f"{['/'.join(k) for k in list(flat)[:4]]}")
-  return leaves
+  flat = paths.flatten(params)
+  # Sorted paths: '/' sorts before every name character, so this is the tuple order.
+  return [flat[p] for p in sorted(paths.require_match(params, select, "regularizer select"))]
 
 
 @REGULARIZERS.register("l2")
@@ -59,6 +54,26 @@ def _stacked_leaves(params, select: str, name: str) -> List[jax.Array]:
   return leaves
 
 
+@jax.custom_vjp
+def _spread(x: jax.Array) -> jax.Array:
+  """sum_t ||x_t - mean_t x||^2 over the leading axis."""
+  return jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)))
+
+
+def _spread_fwd(x):
+  return _spread(x), x
+
+
+def _spread_bwd(x, g):
+  # The analytic gradient 2 (x_t - mean): autodiff would also carry the mean's
+  # own term, -2/T sum_s (x_s - mean), which is exactly zero, through a second
+  # reduction and broadcast. Recomputing from x keeps no residual alive.
+  return (2.0 * g * (x - jnp.mean(x, axis=0, keepdims=True)),)
+
+
+_spread.defvjp(_spread_fwd, _spread_bwd)
+
+
 @REGULARIZERS.register("l2_to_mean")
 def l2_to_mean(params, select: str = "columns/.*") -> jax.Array:
   """Soft sharing: sum over selected leaves of sum_t ||theta_t - mean_t theta||^2.
@@ -66,9 +81,10 @@ def l2_to_mean(params, select: str = "columns/.*") -> jax.Array:
   Each selected leaf is stacked with the task axis first ([T, ...], as the
   soft/single_task ``columns``). This O(T) form equals the pairwise
   sum_{s<t} ||theta_s - theta_t||^2 divided by T, without T^2 differences.
+  Its gradient is computed analytically, 2 (theta_t - mean), in one fused
+  elementwise pass.
   """
-  return sum(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)))
-             for x in _stacked_leaves(params, select, "l2_to_mean"))
+  return sum(_spread(x) for x in _stacked_leaves(params, select, "l2_to_mean"))
 
 
 @REGULARIZERS.register("trace_norm")

@@ -12,6 +12,13 @@ layer_decay=1.0)`` rewrites the config before training:
 | freeze_bottom:N   | upstream   | blocks >= N and heads              |
 | truncate:K        | upstream, first K blocks only | heads (+ the K blocks if finetune_truncated) |
 
+"Trunk" is whatever the sharing scheme declares as its body in its
+``ParamLayout`` (``trunk/`` for hard sharing, the stacked ``columns/`` of
+single_task/soft/cross_stitch, ``experts/`` and the gates of MMoE), and its
+blocks are ``<layout.blocks>/block_i``; the upstream checkpoint must have
+the same scheme's body. ``cached_probe`` needs one trunk shared by all tasks
+(``layout.cacheable``) and fails clearly otherwise.
+
 The rewrite only fills ordinary keys (``init_from``, ``param_groups``,
 ``model.trunk.num_blocks``), so every strategy is also reachable by hand.
 """
@@ -24,6 +31,7 @@ import jax
 import numpy as np
 
 from mtl_jax.data.base import ArrayDataset
+from mtl_jax.models.sharing import layout as sharing_layout
 from mtl_jax.models.trunks import build_trunk
 
 STRATEGIES = ("scratch", "linear_probe", "cached_probe", "finetune", "freeze_bottom", "truncate")
@@ -51,14 +59,16 @@ def _parse(strategy: str):
 
 
 def _num_blocks(trunk_config) -> int:
-  for key in ("features",):
-    if key in trunk_config:
-      return len(trunk_config[key])
-  raise ValueError(f"cannot count the blocks of trunk {trunk_config.get('name')!r}")
+  if "features" in trunk_config:
+    return len(trunk_config["features"])
+  if "num_layers" in trunk_config:
+    return int(trunk_config["num_layers"])
+  raise ValueError(f"cannot count the blocks of trunk {trunk_config.get('name')!r}: it has "
+                   "neither `features` nor `num_layers`")
 
 
-def _block_rules(blocks, mult):
-  return [(f"trunk/block_{i}/.*", mult) for i in blocks]
+def _block_rules(prefix, blocks, mult):
+  return [(f"{prefix}/block_{i}/.*", mult) for i in blocks]
 
 
 def plan(config) -> Optional[Plan]:
@@ -82,26 +92,35 @@ def plan(config) -> Optional[Plan]:
       raise ValueError(f"transfer strategy {name!r} needs transfer.upstream (a workdir)")
     trunk = config.model.trunk
     n = _num_blocks(trunk)
-    config.init_from = dict(workdir=upstream, load="trunk/.*")
+    scheme = config.model.get("sharing", "hard")
+    lay = sharing_layout(scheme)
+    body, blocks = lay.body, lay.blocks
+    config.init_from = dict(workdir=upstream, load=body)
     mult = float(t.get("trunk_lr_mult", 1.0))
     decay = float(t.get("layer_decay", 1.0))
     if name == "linear_probe":
-      config.param_groups = [("trunk/.*", None), (".*", 1.0)]
+      config.param_groups = [(body, None), (".*", 1.0)]
     elif name == "finetune":
-      config.param_groups = [(f"trunk/block_{i}/.*", mult * decay ** (n - 1 - i))
-                             for i in range(n)] + [(".*", 1.0)]
+      # Body parameters outside the blocks (MMoE gates, cross-stitch units) train at mult.
+      config.param_groups = [(f"{blocks}/block_{i}/.*", mult * decay ** (n - 1 - i))
+                             for i in range(n)] + [(body, mult), (".*", 1.0)]
     elif name == "freeze_bottom":
       if k > n:
         raise ValueError(f"freeze_bottom:{k} but the trunk has {n} blocks")
-      config.param_groups = (_block_rules(range(k), None) + _block_rules(range(k, n), mult)
-                             + [(".*", 1.0)])
+      config.param_groups = (_block_rules(blocks, range(k), None)
+                             + _block_rules(blocks, range(k, n), mult)
+                             + [(body, mult), (".*", 1.0)])
     elif name == "truncate":
       if not 1 <= k <= n:
         raise ValueError(f"truncate:{k} needs 1 <= K <= {n} (the trunk's blocks)")
       trunk.num_blocks = k
       frozen = not t.get("finetune_truncated", False)
-      config.param_groups = [("trunk/.*", None if frozen else mult), (".*", 1.0)]
+      config.param_groups = [(body, None if frozen else mult), (".*", 1.0)]
     elif name == "cached_probe":
+      if not lay.cacheable:
+        raise ValueError(f"transfer strategy 'cached_probe' needs one trunk shared by all tasks "
+                         f"(sharing 'hard' or 'pooled'); sharing {scheme!r} has per-task or "
+                         f"per-expert bodies ({body}): use linear_probe instead")
       cache_trunk = trunk.to_dict() if hasattr(trunk, "to_dict") else dict(trunk)
       if k is not None:
         if not 1 <= k <= n:
@@ -114,18 +133,24 @@ def plan(config) -> Optional[Plan]:
   return Plan(config)
 
 
-def trunk_features(trunk_config, trunk_params, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-  """Runs a trunk (eval mode) over ``inputs`` in batches; returns float32 features."""
+def trunk_features(trunk_config, trunk_params, inputs, batch_size: int = 1024) -> np.ndarray:
+  """Runs a trunk (eval mode) over ``inputs`` (an array or a dict of arrays) in batches;
+  returns float32 features."""
   trunk = build_trunk(trunk_config)
   apply = jax.jit(lambda x: trunk.apply({"params": trunk_params}, x, train=False))
-  out = [np.asarray(apply(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
+  n = len(jax.tree.leaves(inputs)[0])
+  out = [np.asarray(apply(jax.tree.map(lambda x: x[i:i + batch_size], inputs)))
+         for i in range(0, n, batch_size)]
   return np.concatenate(out).astype(np.float32)
 
 
 def cache_features(splits, trunk_config, upstream: str):
-  """Replaces every split's inputs by the frozen upstream trunk's features."""
-  from mtl_jax.checkpoint import load_params_numpy
-  params = load_params_numpy(upstream)
+  """Replaces every split's inputs by the frozen upstream trunk's features.
+
+  ``upstream`` is a workdir or a Hugging Face checkpoint directory (as ``init_from``).
+  """
+  from mtl_jax import partial_load, paths
+  params = paths.unflatten(partial_load.load_checkpoint_params(upstream))
   if "trunk" not in params:
     raise ValueError(f"cached_probe: the checkpoint in {upstream} has no 'trunk' parameters")
   return {name: ArrayDataset(trunk_features(trunk_config, params["trunk"], ds.inputs),

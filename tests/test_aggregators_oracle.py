@@ -12,8 +12,8 @@ plain and with conflicting rows (rows 1.. = g_i - 1.5 g_0). Errors are
   draws passed to `graddrop_from_uniform`). GradDrop's and Random's own jax draws are
   checked against their distributions: GradDrop's mean against the NumPy expectation
   of the paper's rule, Random's weights against torchjd's Random sample moments.
-- torchjd's CAGrad and NashMTL need cvxpy (not in the extra): they are compared when
-  cvxpy/clarabel/ecos are installed and skipped otherwise; CAGrad is always compared
+- torchjd's CAGrad and NashMTL need cvxpy, clarabel and ecos (in the oracle extra; a
+  skip names the missing one); CAGrad is always also compared
   with a SciPy SLSQP solution of the paper's problem (as its official code), NashMTL
   with a SciPy root of its defining equation α ⊙ Gα = 1.
 """
@@ -183,7 +183,8 @@ def test_nash_mtl_without_solution_stays_bounded():
 
 def _needs_cvxpy():
   for mod in ("cvxpy", "clarabel", "ecos"):
-    pytest.importorskip(mod, reason="torchjd's CAGrad/NashMTL need cvxpy, clarabel and ecos")
+    pytest.importorskip(mod, reason=f"torchjd's CAGrad/NashMTL need {mod} (oracle extra: "
+                                    f"pip install -e '.[oracle]')")
 
 
 def test_cagrad_same_as_torchjd():

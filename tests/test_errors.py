@@ -35,7 +35,7 @@ def test_unknown_registry_names_list_valid_ones(workdir, section, key, value, ma
 def test_unknown_trunk_and_trunk_option(workdir):
   c = tiny_config()
   c.model.trunk.name = "transformerr"
-  with pytest.raises(KeyError, match=r"unknown trunk 'transformerr'; valid names: \['cnn', 'identity', .*'mlp'\]"):
+  with pytest.raises(KeyError, match=r"unknown trunk 'transformerr'; valid names: \['bert', 'cnn', 'identity', .*'mlp'\]"):
     train.train_and_evaluate(c, workdir)
   c = tiny_config()
   c.model.trunk.widths = (3,)
@@ -79,8 +79,8 @@ def test_config_task_kind_that_does_not_fit_data(workdir):
 
 
 def test_bad_task_specs():
-  with pytest.raises(ValueError, match="unknown kind 'ranking'"):
-    TaskSpec("t", "ranking")
+  with pytest.raises(ValueError, match="unknown kind 'rank'; valid kinds: .*'ranking'"):
+    TaskSpec("t", "rank")
   with pytest.raises(ValueError, match="duplicate task names"):
     tasks.specs_from_config([dict(name="a", kind="binary"), dict(name="a", kind="binary")])
   with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]"):

@@ -82,3 +82,41 @@ def test_delta_m_by_hand():
   assert metrics.delta_m({"a": 0.9}, {"a": 0.9}, {"a": "accuracy"}) == 0.0
   with pytest.raises(KeyError, match="no value or baseline"):
     metrics.delta_m({}, {"a": 1.0}, {"a": "mse"})
+
+
+def test_similarity_pearson_spearman_match_scipy():
+  stats = pytest.importorskip("scipy.stats")
+  spec = TaskSpec("sts", "similarity")
+  assert spec.metrics == ("loss", "pearson", "spearman")
+  y = np.round(RNG.uniform(0, 5, 300), 1)  # STS-B-like scores with ties
+  o = (y + RNG.normal(size=300)).astype(np.float32)[:, None]
+  o[:20] = np.round(o[:20])  # ties in the predictions too
+  mask = RNG.random(300) > 0.25
+  y_nan = np.where(mask, y, np.nan)  # placeholders under the mask
+  r = metrics.task_metrics(spec, o, y_nan, mask)
+  np.testing.assert_allclose(r["pearson"], stats.pearsonr(o[mask, 0], y[mask])[0], rtol=1e-6)
+  np.testing.assert_allclose(r["spearman"], stats.spearmanr(o[mask, 0], y[mask])[0], rtol=1e-6)
+  np.testing.assert_allclose(r["loss"], ((o[mask, 0] - y[mask]) ** 2).mean(), rtol=1e-6)
+  # A constant prediction has no correlation: NaN, not a number that looks like one.
+  assert np.isnan(metrics.task_metrics(spec, np.ones((10, 1)), np.arange(10.0),
+                                       np.ones(10, bool))["pearson"])
+
+
+def test_metric_directions_come_from_the_kinds():
+  assert not metrics.higher_is_better("loss") and not metrics.higher_is_better("mse")
+  for m in ("accuracy", "auc", "macro_f1", "r2", "pearson", "spearman", "mrr", "ndcg@5"):
+    assert metrics.higher_is_better(m), m
+  assert metrics.higher_is_better("accuracy", "token_classification")
+  with pytest.raises(KeyError, match="has no metric 'mrr'"):
+    metrics.higher_is_better("mrr", "binary")
+  with pytest.raises(KeyError, match="unknown direction for metric 'bleu'"):
+    metrics.higher_is_better("bleu")
+
+
+def test_delta_m_with_kinds():
+  # mrr 0.5 -> 0.6 is +20%; spearman 0.8 -> 0.6 is -25%.
+  v = metrics.delta_m({"q": 0.6, "s": 0.6}, {"q": 0.5, "s": 0.8}, {"q": "mrr", "s": "spearman"},
+                      kind_of={"q": "ranking", "s": "similarity"})
+  assert v == pytest.approx((20.0 - 25.0) / 2)
+  with pytest.raises(KeyError, match="task 'q'.*has no metric 'auc'"):
+    metrics.delta_m({"q": 1.0}, {"q": 1.0}, {"q": "auc"}, kind_of={"q": "ranking"})

@@ -8,10 +8,10 @@ features + bias, w_t = w0 + delta_t) or, with ``--school``, the real School
 file (layout in mtl_jax/data/many_tasks.py). Protocol of REFERENCES.md: 75/25
 within each task, split s = seed s, EV pooled over all test points.
 
-How it trains, and why not ``run_grid``: the library's model, loss,
-regularizers, optimizer and train step (``train.make_train_step``) are used
-as is, but full-batch, inside one jitted ``lax.scan``, vmapped over the
-splits. Two reasons. ``num_seeds`` replicas share one dataset (``config.data``
+How it trains, and why not ``run_grid``: the library's program (model, loss,
+regularizers, optimizer and train step, from ``mtl_jax.run.build_program``)
+is used as is, but full-batch, inside one jitted ``lax.scan``, vmapped over
+the splits. Two reasons. ``num_seeds`` replicas share one dataset (``config.data``
 is built once), so they cannot hold different splits; and ``train_and_evaluate``
 moves 2 x 139 label/mask arrays host->device every step, which ran at ~2-10
 steps/s on this shared machine (~2 min per run) against seconds here.
@@ -35,12 +35,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from mtl_jax import optim, regularizers, sweep, tasks  # noqa: E402
-from mtl_jax import train as mtl_train  # noqa: E402
+from mtl_jax import sweep  # noqa: E402
 from mtl_jax.data import many_tasks  # noqa: E402,F401  (registers many_tasks, school)
 from mtl_jax.data.base import build_dataset  # noqa: E402
-from mtl_jax.models import build_model, outputs_by_task  # noqa: E402
-from mtl_jax.weighting.combine import GradientCombiner  # noqa: E402
+from mtl_jax.models import outputs_by_task  # noqa: E402
+from mtl_jax.run import build_program  # noqa: E402
 
 NUM_TASKS = 139
 SCHOOL = None  # set by --school
@@ -162,28 +161,23 @@ def fit_splits(cell, seeds):
   pooled EV.
   """
   c = make_config(cell, seeds[0])
-  specs = tasks.specs_from_config(c.tasks)
-  groups = tasks.group_tasks(specs)
-  names = [sp.name for sp in specs]
+  names = [t["name"] for t in c.tasks]
   data = [build_dataset(data_config(s, METHODS[cell][3])) for s in seeds]
   stack = lambda dss: {"inputs": np.stack([d.inputs for d in dss]),  # noqa: E731
                        "labels": {n: np.stack([d.labels[n] for d in dss]) for n in names},
                        "mask": {n: np.stack([d.mask[n] for d in dss]) for n in names}}
   train_b, test_b = stack([d.train for d in data]), stack([d.test for d in data])
-  model = build_model(c.model, groups)
-  params = jax.vmap(lambda k: model.init(k, train_b["inputs"][0, :1])["params"])(
+  sample = train_b["inputs"][0, :1]
+  program = build_program(c, sample)
+  model, groups = program.model, program.groups
+  # Each split's own init (key = its seed), as before the factory existed.
+  params = jax.vmap(lambda k: model.init(k, sample)["params"])(
       jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-  one = jax.tree.map(lambda x: x[0], params)
-  tx, labels, _ = optim.make_optimizer(c.optimizer, [(".*", 1.0)], one, c.num_train_steps)
-  combiner = GradientCombiner(None, len(specs), one)
-  step = mtl_train.make_train_step(
-      model=model, tx=tx, specs=specs, groups=groups, trainable=optim.trainable_mask(labels),
-      regularizer=regularizers.build_regularizer(c.regularizers), combiner=combiner)
 
   def run(p, key, batch):
-    state = mtl_train.TrainState(step=jnp.asarray(0, jnp.int32), params=p, opt_state=tx.init(p),
-                                 rng=key, weighting=combiner.init_state())
-    state, m = jax.lax.scan(lambda st, _: step(st, batch), state, None, c.num_train_steps)
+    state = program.fresh_state(p, key)
+    state, m = jax.lax.scan(lambda st, _: program.train_step(st, batch), state, None,
+                            c.num_train_steps)
     return state.params, m["loss"]
 
   keys = jnp.stack([jax.random.PRNGKey(1000 + s) for s in seeds])

@@ -66,10 +66,8 @@ def make_config(cell, seed, steps=None, width=None):
   c.tasks = [dict(name=t, kind="regression") for t in TASKS]
   if model == "shared_bottom":
     c.model = _hard(width or param_counts()[1])
-    c.weighting = dict(shared="trunk/.*")
   else:
     c.model = _moe(model)
-    c.weighting = dict(shared="experts/.*|gate")
   c.optimizer = dict(name="adam", learning_rate=LR)
   c.batch_size = 128
   c.eval_batch_size = 1000

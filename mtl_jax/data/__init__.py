@@ -9,3 +9,5 @@ from mtl_jax.data import multimnist  # noqa: F401
 from mtl_jax.data import many_tasks  # noqa: F401
 from mtl_jax.data import multilabel_synthetic  # noqa: F401
 from mtl_jax.data import related_regression  # noqa: F401
+from mtl_jax.data import glue  # noqa: F401
+from mtl_jax.data import glue_tfds  # noqa: F401

@@ -1,12 +1,15 @@
 """In-memory splits in the masked multi-task format, and the dataset registry.
 
-A split holds ``inputs`` [N, ...], ``labels`` {task: [N, ...]} and ``mask``
-{task: bool[N]}: the batch format of DESIGN.md, before batching.
+A split holds ``inputs`` [N, ...] (or a dict / pytree of such arrays, e.g.
+``input_ids``, ``attention_mask``, ``token_type_ids``), ``labels`` {task:
+[N, ...]} and ``mask`` {task: bool[N] or bool[N, positions]}: the batch format
+of DESIGN.md, before batching.
 """
 
 import dataclasses
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+import jax
 import numpy as np
 
 from mtl_jax.registry import Registry
@@ -16,13 +19,21 @@ DATASETS = Registry("dataset")
 
 @dataclasses.dataclass
 class ArrayDataset:
-  """One split, fully in host memory."""
-  inputs: np.ndarray
+  """One split, fully in host memory; ``inputs`` is an array or a pytree of arrays."""
+  inputs: Any
   labels: Dict[str, np.ndarray]
   mask: Dict[str, np.ndarray]
 
   def __post_init__(self):
-    n = len(self.inputs)
+    leaves = jax.tree_util.tree_leaves_with_path(self.inputs)
+    if not leaves:
+      raise ValueError("inputs hold no array")
+    n = len(leaves[0][1])
+    for path, leaf in leaves:
+      if np.ndim(leaf) == 0 or len(leaf) != n:
+        raise ValueError(f"inputs{jax.tree_util.keystr(path)} has shape {np.shape(leaf)} but "
+                         f"inputs{jax.tree_util.keystr(leaves[0][0])} has {n} examples: every "
+                         f"input needs the examples on axis 0")
     for name in self.labels:
       if name not in self.mask:
         raise ValueError(f"task {name!r} has labels but no mask")
@@ -31,7 +42,7 @@ class ArrayDataset:
                          f"{len(self.mask[name])} mask entries for {n} inputs")
 
   def __len__(self) -> int:
-    return len(self.inputs)
+    return len(jax.tree.leaves(self.inputs)[0])
 
   @property
   def task_names(self) -> Sequence[str]:
@@ -39,7 +50,7 @@ class ArrayDataset:
 
   def take(self, idx: np.ndarray) -> dict:
     """The examples at ``idx`` as a batch dict."""
-    return {"inputs": self.inputs[idx],
+    return {"inputs": jax.tree.map(lambda x: x[idx], self.inputs),
             "labels": {k: v[idx] for k, v in self.labels.items()},
             "mask": {k: v[idx] for k, v in self.mask.items()}}
 

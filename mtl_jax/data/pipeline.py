@@ -1,5 +1,8 @@
 """Input pipeline: deterministic, checkpointable batches from an ArrayDataset.
 
+Inputs may be an array or a pytree (dict) of arrays: every leaf is indexed
+the same way, on axis 0.
+
 The train order is an endless stream of per-epoch permutations,
 ``permutation_e = default_rng([seed, e]).permutation(n)``, cut into batches:
 a pure function of the seed, reshuffled every epoch, and batches cross epoch
@@ -76,7 +79,7 @@ def eval_batches(dataset: ArrayDataset, global_batch_size: int, process_index: i
   """Every example once, in order; the last batch is padded with mask=False rows.
 
   Padding keeps one compiled eval shape; the masks keep padded rows out of
-  every metric.
+  every metric (per-position masks [B, L] are cleared on the whole row).
   """
   sl = _local_slice(global_batch_size, process_index, process_count)
   n = len(dataset)
@@ -84,5 +87,7 @@ def eval_batches(dataset: ArrayDataset, global_batch_size: int, process_index: i
     idx = np.arange(start, start + global_batch_size)
     valid = idx < n
     batch = dataset.take(np.where(valid, idx, 0)[sl])
-    batch["mask"] = {k: m & valid[sl] for k, m in batch["mask"].items()}
+    v = valid[sl]
+    batch["mask"] = {k: m & v.reshape(v.shape + (1,) * (m.ndim - 1))
+                     for k, m in batch["mask"].items()}
     yield batch

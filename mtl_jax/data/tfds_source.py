@@ -12,6 +12,7 @@ with TensorFlow: prepare once where TensorFlow is installed. Tests use
 of Tensor features prepared into a temporary data_dir.
 """
 
+import os
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -23,9 +24,25 @@ MISSING_LABEL = -1
 _CHUNK = 1024  # records per __getitems__ call: batched reads are much faster
 
 
+class DatasetNotPreparedError(FileNotFoundError):
+  """The TFDS dataset has no prepared array_record files in data_dir."""
+
+
 def _source(dataset: str, split: str, data_dir: Optional[str]):
   import tensorflow_datasets as tfds  # ~0.5 s to import: only when used
-  return tfds.data_source(dataset, split=split, data_dir=data_dir)
+  try:
+    # download=False: tfds would otherwise try to download and prepare it here.
+    return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # pylint: disable=broad-except
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if builder.is_prepared():  # e.g. prepared as tfrecord: tfds says so itself
+      raise
+    root = os.path.dirname(os.path.dirname(builder.data_dir))
+    raise DatasetNotPreparedError(
+        f"TFDS dataset {dataset!r} is not prepared in data_dir {root} (no array_record files "
+        f"in {builder.data_dir}). Nothing is downloaded at training time: prepare it once, "
+        f"e.g. `tfds build {dataset} --data_dir={root} --file_format=array_record` (needs "
+        f"TensorFlow for image features), and pass data_dir.") from e
 
 
 def _records(source, keys):

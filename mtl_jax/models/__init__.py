@@ -8,12 +8,15 @@ from mtl_jax.models.heads import outputs_by_task  # noqa: F401
 from mtl_jax.models.sharing import SHARING
 from mtl_jax.models.trunks import TRUNKS  # noqa: F401
 from mtl_jax.models import lenet  # noqa: F401  (registers the lenet trunk)
+from mtl_jax.models import bert  # noqa: F401  (registers the bert trunk)
 from mtl_jax.tasks import TaskGroup
 
 
 def build_model(model_config, groups: Sequence[TaskGroup]) -> nn.Module:
   """``model_config`` = {"sharing": registry name, **scheme options}."""
   kwargs = dict(model_config)
+  for key in ("dtype", "param_dtype"):  # the precision policy (mtl_jax/precision.py), not the module's
+    kwargs.pop(key, None)
   cls = SHARING.get(kwargs.pop("sharing", "hard"))
   valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "groups")]
   unknown = sorted(set(kwargs) - set(valid))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.heads import StackedDense
-from mtl_jax.models.trunks import TRUNKS, DenseBlock
+from mtl_jax.models.trunks import DenseBlock, trunk_class
 from mtl_jax.tasks import TaskGroup
 
 
@@ -30,21 +30,6 @@ def task_slices(groups: Sequence[TaskGroup]) -> Dict[str, Tuple[int, int]]:
     out[g.key] = (start, start + len(g.names))
     start += len(g.names)
   return out
-
-
-def trunk_class(trunk_config) -> Tuple[Any, Dict[str, Any]]:
-  """(trunk class, options) from ``{"name": ..., **options}``, checked like build_trunk.
-
-  Lifted transforms (nn.vmap) need the class, not an instance, so the
-  stacked schemes cannot call build_trunk itself.
-  """
-  kwargs = dict(trunk_config)
-  cls = TRUNKS.get(kwargs.pop("name"))
-  valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name")]
-  unknown = sorted(set(kwargs) - set(valid))
-  if unknown:
-    raise ValueError(f"trunk {trunk_config['name']!r}: unknown options {unknown}; valid: {valid}")
-  return cls, kwargs
 
 
 def _stack(cls, size: int, in_axis):

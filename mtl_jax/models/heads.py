@@ -6,19 +6,25 @@ from typing import Dict, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from mtl_jax import kinds
 from mtl_jax.tasks import TaskGroup
 
 
 class StackedDense(nn.Module):
   """``num_tasks`` independent Dense layers stored as kernel [T, D, O], bias [T, O].
 
-  Accepts shared features [B, D] (broadcast to every task) or per-task
-  features [T, B, D]; returns [T, B, O]. Each task's slice is initialised like
-  an ordinary Dense layer (LeCun normal over its own fan-in).
+  Accepts shared features [B, ..., D] (broadcast to every task) or per-task
+  features [T, B, ..., D]; returns [T, B, ..., O]. ``extra_axes`` is the
+  number of axes between batch and features (1 for per-token or
+  per-candidate features [B, L, D]); it is what tells [B, L, D] (shared) from
+  [T, B, D] (per task). Each task's slice is initialised like an ordinary
+  Dense layer (LeCun normal over its own fan-in).
   """
   num_tasks: int
   features: int
+  extra_axes: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -26,13 +32,23 @@ class StackedDense(nn.Module):
     init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     kernel = self.param("kernel", init, (self.num_tasks, d, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.num_tasks, self.features))
-    if x.ndim == 2:
+    shared_ndim = 2 + self.extra_axes
+    if not self.extra_axes and x.ndim == 2:  # the common cases, written out as before
       y = jnp.einsum("bd,tdo->tbo", x, kernel)
-    elif x.ndim == 3:
+    elif not self.extra_axes and x.ndim == 3:
       y = jnp.einsum("tbd,tdo->tbo", x, kernel)
+    elif x.ndim == shared_ndim:
+      y = jnp.einsum("b...d,tdo->tb...o", x, kernel)
+    elif x.ndim == shared_ndim + 1:
+      if x.shape[0] != self.num_tasks:
+        raise ValueError(f"StackedDense: per-task features {x.shape} must lead with the "
+                         f"{self.num_tasks} tasks")
+      y = jnp.einsum("tb...d,tdo->tb...o", x, kernel)
     else:
-      raise ValueError(f"StackedDense expects [B, D] or [T, B, D] features, got {x.shape}")
-    return y + bias[:, None, :]
+      axes = "B, " + "L, " * self.extra_axes
+      raise ValueError(f"StackedDense (extra_axes={self.extra_axes}) expects [{axes}D] or "
+                       f"[T, {axes}D] features, got {x.shape}")
+    return y + bias.reshape((self.num_tasks,) + (1,) * (y.ndim - 2) + (self.features,))
 
 
 class TaskHeads(nn.Module):
@@ -40,7 +56,9 @@ class TaskHeads(nn.Module):
 
   Parameter paths: ``heads/<kind>_<n>/kernel`` for the output layer and
   ``heads/<kind>_<n>_hidden_<j>/kernel`` for hidden layers; row t of a group's
-  tensors belongs to ``group.names[t]``.
+  tensors belongs to ``group.names[t]``. A group's kind sets the output size
+  and how many position axes the features carry (token and ranking kinds
+  take per-position features [B, L, D] and return [T_g, B, L, n]).
   """
   groups: Sequence[TaskGroup]
   hidden: Sequence[int] = ()
@@ -49,13 +67,32 @@ class TaskHeads(nn.Module):
   def __call__(self, features: jax.Array) -> Dict[str, jax.Array]:
     out = {}
     for g in self.groups:
+      kind = kinds.get(g.kind)
       h = features
       for j, width in enumerate(self.hidden):
-        h = nn.relu(StackedDense(len(g.names), width, name=f"{g.key}_hidden_{j}")(h))
-      out[g.key] = StackedDense(len(g.names), g.num_outputs, name=g.key)(h)
+        h = nn.relu(StackedDense(len(g.names), width, kind.position_axes,
+                                 name=f"{g.key}_hidden_{j}")(h))
+      out[g.key] = StackedDense(len(g.names), kind.head_outputs(g.num_outputs),
+                                kind.position_axes, name=g.key)(h)
     return out
 
 
 def outputs_by_task(groups: Sequence[TaskGroup], outputs: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
-  """Unstacks group outputs [T_g, B, n] into {task: [B, n]} (for eval and users)."""
+  """Unstacks group outputs [T_g, B, ..., n] into {task: [B, ..., n]} (for eval and users)."""
   return {name: outputs[g.key][t] for g in groups for t, name in enumerate(g.names)}
+
+
+def concat_batches(groups: Sequence[TaskGroup], chunks: Sequence[Dict[str, np.ndarray]],
+                   n: int) -> Dict[str, np.ndarray]:
+  """Joins per-batch group outputs on their batch axis and drops padding rows past ``n``.
+
+  Outputs are [(replicas,) T_g, B, (positions,) n_out]; the batch axis is
+  found from the end, so a leading replica axis and a kind's position axis
+  both work.
+  """
+  out = {}
+  for g in groups:
+    axis = -(2 + kinds.get(g.kind).position_axes)
+    joined = np.concatenate([c[g.key] for c in chunks], axis=axis)
+    out[g.key] = np.take(joined, np.arange(n), axis=axis)
+  return out

@@ -1,35 +1,94 @@
 """How tasks share parameters. One registry entry per scheme; configs pick one
 with ``config.model.sharing``. Every model maps inputs to a dict of stacked
-group outputs ``{group.key: [T_g, batch, num_outputs]}``."""
+group outputs ``{group.key: [T_g, batch, num_outputs]}``.
 
-from typing import Any, Dict, Sequence
+Each scheme declares its own :class:`ParamLayout` (class attribute
+``layout``): which parameters gradient-combining methods treat as shared, and
+which body (blocks ``<prefix>/block_i``) the transfer strategies load, freeze
+and truncate. Nothing outside the scheme guesses these.
+"""
+
+import dataclasses
+from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl_jax.models.columns import (ColumnHeads, CrossStitchMLP, stacked_trunk, task_order,
-                                    trunk_class)
+from mtl_jax.models.columns import ColumnHeads, CrossStitchMLP, stacked_trunk, task_order
 from mtl_jax.models.heads import TaskHeads
-from mtl_jax.models.trunks import build_trunk
+from mtl_jax.models.trunks import build_trunk, trunk_class
 from mtl_jax.registry import Registry
 from mtl_jax.tasks import TaskGroup
 
 SHARING = Registry("sharing scheme")
 
-# Per scheme, the parameters that gradient-combining methods treat as shared
-# (``config.weighting.shared``). single_task/soft columns are per task (each
-# task's Jacobian row is zero outside its own column); they are listed so a
-# Jacobian method has rows to work on and coupled soft columns are included.
-SHARED_PARAMS = {"hard": "trunk/.*", "pooled": "trunk/.*|head_.*", "single_task": "columns/.*", "soft": "columns/.*",
-                 "mmoe": "experts/.*|gate", "omoe": "experts/.*|gate",
-                 "cross_stitch": "columns/.*"}
+# The perturbation collection entry that exposes a scheme's shared
+# representation to representation-gradient methods (MGDA-UB).
+SHARED_FEATURES = "shared_features"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+  """What a sharing scheme's parameters mean, declared by the scheme itself.
+
+  shared: regex of the parameters weighting methods treat as shared (the
+    default of ``config.weighting.shared``). Per-task columns count: each
+    task's Jacobian row is zero outside its own column, and soft-coupled
+    columns are included.
+  body: regex of the parameters a pretrained upstream provides (everything
+    but the task heads): what transfer strategies load and freeze.
+  blocks: the prefix under which the body's layers are named ``block_i``
+    (layer decay, freeze_bottom, truncate, GradNorm's last shared layer).
+  cacheable: the body is one trunk shared by all tasks, so its features can
+    be computed once (``cached_probe``).
+  """
+  shared: str
+  body: str
+  blocks: str
+  cacheable: bool = False
+
+
+def layout(sharing: Optional[str]) -> ParamLayout:
+  """The declared layout of scheme ``sharing`` (default ``hard``)."""
+  name = sharing or "hard"
+  declared = getattr(SHARING.get(name), "layout", None)
+  if not isinstance(declared, ParamLayout):
+    raise TypeError(f"sharing scheme {name!r} declares no ParamLayout: give its class a "
+                    "`layout = ParamLayout(shared=..., body=..., blocks=...)` attribute")
+  return declared
+
+
+def variables(params, features_perturbation=None) -> Dict[str, Any]:
+  """Flax variables for ``apply``, with the shared-representation perturbation if given."""
+  if features_perturbation is None:
+    return {"params": params}
+  return {"params": params, "perturbations": {SHARED_FEATURES: features_perturbation}}
+
+
+def zero_features(model: nn.Module, inputs, params=None) -> Optional[jax.Array]:
+  """Zeros shaped like the representation ``model`` exposes for ``inputs``, or None.
+
+  A scheme exposes it with ``self.perturb(SHARED_FEATURES, features)``;
+  differentiating the losses w.r.t. this zero perturbation gives the
+  gradients w.r.t. the shared features (MGDA-UB). Given ``params``, the
+  features' dtype is the one those parameters compute in (mixed precision).
+  Works on traced inputs; nothing is computed.
+  """
+  if params is None:
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), inputs)
+  else:
+    shapes = jax.eval_shape(lambda p, x: model.apply({"params": p}, x,
+                                                     mutable=["perturbations"])[1], params, inputs)
+  z = shapes.get("perturbations", {}).get(SHARED_FEATURES)
+  return None if z is None else jnp.zeros(z.shape, z.dtype)
 
 
 @SHARING.register("hard")
 class HardSharing(nn.Module):
   """Hard parameter sharing: one trunk for all tasks, one head per task."""
+  layout = ParamLayout(shared="trunk/.*", body="trunk/.*", blocks="trunk", cacheable=True)
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   head_hidden: Sequence[int] = ()
@@ -39,12 +98,12 @@ class HardSharing(nn.Module):
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
     # A zero "perturbation" that representation-gradient methods (MGDA-UB)
     # differentiate; a no-op unless the caller passes that collection.
-    features = self.perturb("shared_features", features)
+    features = self.perturb(SHARED_FEATURES, features)
     return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
 
 
 @SHARING.register("pooled")
-class Pooled(nn.Module):
+class Pooled(HardSharing):
   """All tasks pooled into one: one trunk and ONE head per task group.
 
   Every task of a group reads the same output, so training is one model on
@@ -53,9 +112,7 @@ class Pooled(nn.Module):
   compare directly with the other schemes. Head paths:
   ``head_<group>/Dense_i/...`` without a task axis.
   """
-  trunk: Dict[str, Any]
-  groups: Sequence[TaskGroup]
-  head_hidden: Sequence[int] = ()
+  layout = ParamLayout(shared="trunk/.*|head_.*", body="trunk/.*", blocks="trunk", cacheable=True)
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
@@ -87,6 +144,7 @@ class SingleTask(nn.Module):
   heads are ``heads/<kind>_<n>/...`` as in hard sharing. No parameter is
   shared, so task t's loss has exactly zero gradient on every other column.
   """
+  layout = ParamLayout(shared="columns/.*", body="columns/.*", blocks="columns")
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   head_hidden: Sequence[int] = ()
@@ -120,6 +178,8 @@ class _MixtureOfExperts(nn.Module):
   OMoE. Gates are sown as ``intermediates/gates`` [G, B, K]. ``head_hidden``
   gives each task its tower.
   """
+  # MMoE's gates are per task (like heads): a transfer loads and freezes the experts only.
+  layout = ParamLayout(shared="experts/.*|gate", body="experts/.*", blocks="experts")
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   num_experts: int = 8
@@ -150,6 +210,7 @@ class MMoE(_MixtureOfExperts):
 @SHARING.register("omoe")
 class OMoE(_MixtureOfExperts):
   """One-gate mixture of experts: all tasks share one gate (MMoE's ablation)."""
+  layout = ParamLayout(shared="experts/.*|gate", body="experts/.*|gate", blocks="experts")
   per_task_gates = False
 
 
@@ -163,6 +224,7 @@ class CrossStitch(nn.Module):
   ``stitch_diagonal=1`` starts from exactly independent columns. To
   regularize only the columns, select ``columns/block_.*``.
   """
+  layout = ParamLayout(shared="columns/.*", body="columns/.*", blocks="columns")
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   head_hidden: Sequence[int] = ()

@@ -1,7 +1,7 @@
 """Shared trunks. Layers are named ``block_0 .. block_n`` so that freezing,
 partial loading and truncation can select them by regex on parameter paths."""
 
-from typing import Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -104,12 +104,22 @@ class Identity(nn.Module):
     return x.reshape(x.shape[0], -1)
 
 
-def build_trunk(trunk_config, name: str = "trunk") -> nn.Module:
-  """``trunk_config`` = {"name": registry name, **constructor kwargs}."""
+def trunk_class(trunk_config) -> Tuple[Any, Dict[str, Any]]:
+  """(trunk class, checked options) from ``{"name": registry name, **options}``.
+
+  Lifted transforms (nn.vmap in the stacked schemes) need the class, not an
+  instance; ``build_trunk`` instantiates it.
+  """
   kwargs = dict(trunk_config)
   cls = TRUNKS.get(kwargs.pop("name"))
   valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name")]
   unknown = sorted(set(kwargs) - set(valid))
   if unknown:
     raise ValueError(f"trunk {trunk_config['name']!r}: unknown options {unknown}; valid: {valid}")
+  return cls, kwargs
+
+
+def build_trunk(trunk_config, name: str = "trunk") -> nn.Module:
+  """``trunk_config`` = {"name": registry name, **constructor kwargs}."""
+  cls, kwargs = trunk_class(trunk_config)
   return cls(**kwargs, name=name)

@@ -35,10 +35,12 @@ class DWA(LossWeighting):
     self.temperature = float(temperature)
 
   def init(self):
-    ones = jnp.ones((self.num_tasks,), jnp.float32)
-    zero = jnp.zeros((), jnp.float32)
-    return {"window_sum": jnp.zeros_like(ones), "window_count": zero,
-            "last": ones, "before_last": ones, "windows_done": zero}
+    # Every leaf its own array: the train step donates the state, and an aliased
+    # buffer would be donated twice.
+    ones = lambda: jnp.ones((self.num_tasks,), jnp.float32)  # noqa: E731
+    zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731
+    return {"window_sum": jnp.zeros((self.num_tasks,), jnp.float32), "window_count": zero(),
+            "last": ones(), "before_last": ones(), "windows_done": zero()}
 
   def weights(self, state, rng):
     ratio = state["last"] / jnp.maximum(state["before_last"], jnp.finfo(jnp.float32).tiny)

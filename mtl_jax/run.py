@@ -1,0 +1,180 @@
+"""One way to build a run: ``build_program`` (model to jitted-ready step) and ``setup``
+(program + data + mesh + checkpoint), shared by training, benchmarks, studies and tests.
+
+Init priority, in one place: a checkpoint in ``workdir`` (resume) >
+``config.init_from`` (pretrained parameters, partially loaded) > scratch.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers, tasks,
+                     transfer)
+from mtl_jax.checkpoint import Checkpointer, check_workdir_config
+from mtl_jax.data import build_dataset
+from mtl_jax.data.checks import check_splits
+from mtl_jax.data.feed import TrainFeed
+from mtl_jax.models import build_model
+from mtl_jax.models.sharing import layout as sharing_layout
+from mtl_jax.replicas import Replicas
+from mtl_jax.step import TrainState, make_eval_step, make_train_step
+from mtl_jax.weighting.strategy import WeightingStrategy, build_strategy
+
+
+@dataclasses.dataclass
+class Program:
+  """Everything a config compiles to, before data, workdir or jit.
+
+  ``state`` is initialised (and replicated on ``mesh`` when one is given);
+  ``train_step`` and ``eval_step`` are pure (vmapped over replicas when
+  ``num_seeds > 1``), ready for ``jax.jit`` or ``lax.scan``.
+  """
+  config: Any
+  specs: Sequence[tasks.TaskSpec]
+  groups: Sequence[tasks.TaskGroup]
+  model: Any
+  replicas: Replicas
+  tx: Any
+  param_labels: Any
+  trainable: Any
+  strategy: WeightingStrategy
+  state: TrainState
+  train_step: Callable
+  eval_step: Callable
+  param_group_log: Sequence[str] = ()
+
+  def fresh_state(self, params, rng) -> TrainState:
+    """A step-0 state for one replica's ``params`` (e.g. inside a study's own vmap/scan)."""
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=self.tx.init(params),
+                      rng=rng, weighting=self.strategy.init_state())
+
+
+def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained: bool = True,
+                  verbose: bool = False, wrap_strategy: Optional[Callable] = None) -> Program:
+  """Model, parameter groups, optimizer, weighting strategy, state and steps from ``config``.
+
+  ``sample_inputs``: one example batch ([1, ...] arrays) to initialise with.
+  ``params``: use these instead of ``model.init`` (e.g. host-drawn for
+  benchmarks); ``load_pretrained=False`` skips ``config.init_from`` (resume);
+  ``wrap_strategy(strategy) -> strategy`` replaces the weighting strategy the
+  config asks for (e.g. a benchmark's loop baseline of the same aggregator).
+  """
+  cfg = lambda k: config_keys.get(config, k)  # noqa: E731
+  specs = tasks.specs_from_config(config.tasks)
+  groups = tasks.group_tasks(specs)
+  model = build_model(config.model, groups)
+  replicas = Replicas(int(cfg("num_seeds")), int(cfg("seed")))
+  put = (lambda tree: jax.device_put(tree, parallel.replicated(mesh))) if mesh else (lambda t: t)
+  jit_out = dict(out_shardings=parallel.replicated(mesh)) if mesh else {}
+
+  policy = precision.policy(config.model)
+
+  def init(key):
+    init_rng, state_rng = jax.random.split(key)
+    return policy.cast_params(model.init(init_rng, sample_inputs)["params"]), state_rng
+
+  if params is None:
+    params, state_rng = jax.jit(replicas.vmap(init), **jit_out)(replicas.keys())
+  else:
+    state_rng = replicas.vmap(lambda k: jax.random.split(k)[1])(replicas.keys())
+  if cfg("init_from") and load_pretrained:
+    params = put(partial_load.apply_init_from(cfg("init_from"), params, replicas, verbose))
+  one_replica = replicas.first(params)
+  tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"),
+                                               one_replica, int(config.num_train_steps))
+  logging.info("parameter groups:\n%s", "\n".join(group_log))
+  trainable = optim.trainable_mask(labels)
+  lay = sharing_layout(config.model.get("sharing", "hard"))
+  strategy = build_strategy(cfg("weighting"), len(specs), one_replica, lay.shared, lay.blocks)
+  if wrap_strategy is not None:
+    strategy = wrap_strategy(strategy)
+  state = TrainState(
+      step=replicas.broadcast(jnp.asarray(0, jnp.int32)), params=params,
+      opt_state=jax.jit(replicas.vmap(tx.init), **jit_out)(params),
+      rng=state_rng, weighting=replicas.broadcast(strategy.init_state()))
+  train_step = make_train_step(model=model, tx=tx, specs=specs, groups=groups, trainable=trainable,
+                               regularizer=regularizers.build_regularizer(cfg("regularizers")),
+                               strategy=strategy, policy=policy,
+                               grad_accum_steps=int(cfg("grad_accum_steps")))
+  return Program(config=config, specs=specs, groups=groups, model=model, replicas=replicas, tx=tx,
+                 param_labels=labels, trainable=trainable, strategy=strategy, state=put(state),
+                 train_step=replicas.vmap(train_step),
+                 eval_step=replicas.vmap(make_eval_step(model, policy), in_axes=(0, None)),
+                 param_group_log=group_log)
+
+
+@dataclasses.dataclass
+class Run:
+  """A program bound to data, devices and a workdir: what the training loop iterates."""
+  config: Any
+  program: Program
+  mesh: Any
+  splits: Dict[str, Any]
+  feed: TrainFeed
+  checkpointer: Checkpointer
+  train_step: Callable   # jitted, state donated
+  eval_fn: Callable      # jitted
+  start_step: int
+
+
+def load_splits(config, specs) -> Dict[str, Any]:
+  """The configured dataset's splits, labels checked, restricted to the configured tasks."""
+  data = build_dataset(config.data)
+  names = [s.name for s in specs]
+  splits = {}
+  for split in ("train", "validation", "test"):
+    ds = getattr(data, split)
+    if ds is None:
+      continue
+    tasks.validate_batch(specs, ds.labels, ds.mask, inputs=ds.inputs)
+    splits[split] = ds.select_tasks(names)
+  check_splits(splits)
+  return splits
+
+
+def setup(config, workdir: str, mesh=None) -> Run:
+  """Everything ``train_and_evaluate`` needs, resumed from ``workdir`` if it holds a checkpoint."""
+  config_keys.check_config_keys(config)
+  is_main = jax.process_index() == 0
+  check_workdir_config(workdir, config.to_json(), is_main)
+  plan = transfer.plan(config)
+  if plan:
+    config = plan.config
+  cfg = lambda k: config_keys.get(config, k)  # noqa: E731
+  specs = tasks.specs_from_config(config.tasks)
+  splits = load_splits(config, specs)
+  if plan and plan.cache_trunk:
+    splits = transfer.cache_features(splits, plan.cache_trunk, plan.upstream)
+
+  mesh = mesh or parallel.make_mesh(cfg("num_devices"))
+  parallel.check_batch_size(config.batch_size, mesh)
+  accum = int(cfg("grad_accum_steps"))
+  if accum < 1 or config.batch_size % (accum * mesh.size):
+    raise ValueError(f"grad_accum_steps={accum}: batch_size={config.batch_size} must split into "
+                     f"{accum} microbatches that each divide over the {mesh.size} devices "
+                     f"(batch_size % (grad_accum_steps * devices) == 0, grad_accum_steps >= 1)")
+  parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
+  checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
+  resume = checkpointer.latest_step() is not None
+  sample = jax.tree.map(lambda x: x[:1], splits["train"].inputs)
+  program = build_program(config, sample, mesh, load_pretrained=not resume, verbose=is_main)
+  replicas = program.replicas
+  feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds)
+  state = program.state
+  if resume:
+    state, data_state = checkpointer.restore(state)
+    feed.set_state(data_state)
+    logging.info("resumed from step %d in %s", replicas.step(state), checkpointer.directory)
+  program.state = state
+
+  rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  train_step = jax.jit(program.train_step, in_shardings=(rep, feed.sharding(mesh)),
+                       out_shardings=(rep, rep), donate_argnums=0)
+  eval_fn = jax.jit(program.eval_step, in_shardings=(rep, dat), out_shardings=rep)
+  return Run(config=config, program=program, mesh=mesh, splits=splits, feed=feed,
+             checkpointer=checkpointer, train_step=train_step, eval_fn=eval_fn,
+             start_step=replicas.step(state))
