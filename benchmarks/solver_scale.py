@@ -10,10 +10,11 @@ all alike), median of the repeats:
   different norms, a quarter conflicting with row 0): the solver alone.
 * ``jacobian/<name>``: ``agg(J)`` on a random T x 100k Jacobian: Gramian + solver + wᵀJ.
 * ``before/<name>``: ``weights(G)`` of the implementation on git ref ``--before``
-  (default ``main``), loaded from ``git show`` into this process. Programs whose one call
-  takes more than ``--slow-s`` are timed by a single call outside the round-robin (said
-  in ``before_single_call``); those expected to take minutes (the old O(T⁴) active-set
-  QPs at T = 256) are skipped with the reason.
+  (default 2eebee5, the last commit before the batched solvers), loaded from
+  ``git show`` into this process. Programs whose one call takes more than ``--slow-s``
+  are timed by a single call outside the round-robin (said in ``before_single_call``);
+  those expected to take minutes (the old O(T⁴) active-set QPs at T = 256) are skipped
+  with the reason.
 
 Target (issue 11, item 2): at T = 128 every ``weights/<name>`` <= 1x ``gramian``, so a
 Gramian-path step costs <= 2x the mean's.
@@ -54,6 +55,7 @@ OLD_MODULES = ("qp", "upgrad", "dualproj", "cagrad", "nash_mtl", "mgda", "pcgrad
 # Old solvers that take minutes per call at these T (O(T⁴) sequential active set): skipped.
 OLD_TOO_SLOW = {"upgrad": 128, "cagrad": 128}  # skipped above this T
 TARGET_T, TARGET_RATIO = 128, 1.0
+BEFORE_REF = "2eebee5"  # the last commit with the O(T⁴) active-set solvers (issue 11)
 
 
 def load_before(ref):
@@ -110,7 +112,8 @@ def main(argv=None):
   p.add_argument("--jacobian-params", type=int, default=100_000, help="P of the J-based form")
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--repeat-s", type=float, default=0.1, help="seconds per row per repeat")
-  p.add_argument("--before", default="main", help="git ref of the old solvers ('' skips them)")
+  p.add_argument("--before", default=BEFORE_REF,
+                 help="git ref of the old solvers ('' skips them)")
   p.add_argument("--slow-s", type=float, default=1.0,
                  help="old programs slower than this per call are timed once, not interleaved")
   p.add_argument("--quick", action="store_true", help="T = 4, small P: a smoke run")
