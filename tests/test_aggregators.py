@@ -194,13 +194,16 @@ def test_scaling(name, jac, factor):
 
   UPGrad, DualProj and CAGrad divide G by its trace only when trace >= norm_eps (1e-4,
   torchjd's convention; below it they return the mean, resp. 0), so they are tested
-  where both traces are above it.
+  where both traces are above it. Aligned-MTL divides by the square roots of G's
+  eigenvalues, which float32 eigh resolves to eps·λ_max: its output moves by about
+  cond(G)·eps under rescaling (5e-4 of ||d|| for conflicting draws with cond(G) ~ 1e4), so
+  its tolerance is 1e-3·||d|| instead of 1e-4·||d||.
   """
   if name in ("upgrad", "dualproj", "cagrad"):
     assume(np.sum(jac**2) * min(factor, 1.0)**2 > 1e-3)
   expected = run(name, jac) * (1.0 if name == "nash_mtl" else factor)
-  np.testing.assert_allclose(run(name, factor * jac), expected, rtol=1e-3,
-                             atol=1e-4 * np.linalg.norm(expected) + 1e-7)
+  atol = (1e-3 if name == "aligned_mtl" else 1e-4) * np.linalg.norm(expected) + 1e-7
+  np.testing.assert_allclose(run(name, factor * jac), expected, rtol=1e-3, atol=atol)
 
 
 @PROPS

@@ -9,7 +9,7 @@ tolerance max(λ)·T·eps(dtype); masks keep shapes static.
 
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, pref_weights
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype, pref_weights
 
 
 @AGGREGATORS.register("aligned_mtl")
@@ -23,6 +23,7 @@ class AlignedMTL(GramianWeighted):
     self.scale_mode = scale_mode
 
   def weights(self, gram, rng=None):
+    gram = gram.astype(compute_dtype(gram.dtype))
     t = gram.shape[0]
     lam, v = jnp.linalg.eigh(gram)
     lam, v = lam[::-1], v[:, ::-1]  # descending

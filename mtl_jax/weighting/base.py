@@ -17,8 +17,15 @@ AGGREGATORS = Registry("aggregator")
 
 
 def gramian(jacobian: jax.Array) -> jax.Array:
-  """J Jᵀ at full precision: the QPs downstream are sensitive to TF32/bf16 rounding."""
-  return jnp.matmul(jacobian, jacobian.T, precision=jax.lax.Precision.HIGHEST)
+  """J Jᵀ at full precision, accumulated in float32 at least (bf16 Jacobians included): the
+  QPs downstream are sensitive to TF32/bf16 rounding."""
+  return jnp.matmul(jacobian, jacobian.T, precision=jax.lax.Precision.HIGHEST,
+                    preferred_element_type=compute_dtype(jacobian.dtype))
+
+
+def compute_dtype(dtype):
+  """float32 for bf16/f16 inputs (the solvers need the mantissa), else the input's own dtype."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def normalize(g: jax.Array, eps: float) -> jax.Array:

@@ -8,13 +8,14 @@ dependent rows; weights are 0 when they sum to ~0.
 
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype
 
 
 @AGGREGATORS.register("imtl_g")
 class IMTLG(GramianWeighted):
 
   def weights(self, gram, rng=None):
+    gram = gram.astype(compute_dtype(gram.dtype))
     rtol = gram.shape[0] * jnp.finfo(gram.dtype).eps  # torch.linalg.pinv's default cutoff
     v = jnp.linalg.pinv(gram, rtol=rtol, hermitian=True) @ jnp.sqrt(
         jnp.clip(jnp.diagonal(gram), 0.0))

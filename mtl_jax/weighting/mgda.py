@@ -9,7 +9,7 @@ raw (unnormalised) Gramian, so the output scales linearly with J.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype
 
 
 @AGGREGATORS.register("mgda")
@@ -22,6 +22,7 @@ class MGDA(GramianWeighted):
     self.epsilon, self.max_iters = epsilon, max_iters
 
   def weights(self, gram, rng=None):
+    gram = gram.astype(compute_dtype(gram.dtype))
     t = gram.shape[0]
 
     def step(_, state):

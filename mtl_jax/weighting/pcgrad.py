@@ -10,11 +10,12 @@ drawn from `rng`, like torchjd's one randperm per task.
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, require_rng
+from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted, compute_dtype, require_rng
 
 
 def pcgrad_weights(gram: jax.Array, perms: jax.Array) -> jax.Array:
   """Weights of Σ_i g_i^PC given the visiting order perms[i] of task i (int [T, T])."""
+  gram = gram.astype(compute_dtype(gram.dtype))
   t = gram.shape[0]
   diag = jnp.diagonal(gram)
 
@@ -35,5 +36,5 @@ class PCGrad(GramianWeighted):
 
   def weights(self, gram, rng=None):
     t = gram.shape[0]
-    u = jax.random.uniform(require_rng(rng, "pcgrad"), (t, t))
+    u = jax.random.uniform(require_rng(rng, "pcgrad"), (t, t), jnp.float32)  # same orders under x64
     return pcgrad_weights(gram, jnp.argsort(u, axis=1))  # one uniform permutation per task
