@@ -45,6 +45,14 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/weighting_step_time.py
 	$(PY) benchmarks/encoder_step_time.py
 	$(PY) benchmarks/tokenize_time.py
+	$(PY) benchmarks/weighting_scale.py
+	$(PY) benchmarks/solver_scale.py
+	$(PY) benchmarks/soft_vs_separate_step_time.py
+	$(PY) benchmarks/mixing_input.py
+	$(PY) benchmarks/num_seeds_time.py
+	# Against PyTorch (torchjd, a LibMTL-style loop), both sides on one thread:
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+	  $(PY) benchmarks/weighting_vs_torch.py --torch-threads 1
 
 clean:
 	rm -rf $(VENV) build *.egg-info
