@@ -166,7 +166,7 @@ def test_num_seeds_json(outputs):
 
 
 def test_weighting_scale_json(outputs):
-  out = outputs["weighting_scale"]
+  out = _parse(outputs, "weighting_scale")
   assert set(out["targets"]) == {"aggregator_over_mean_at_T", "gramian_temp_over_ew",
                                  "gramian_no_t_by_p_buffer", "representation_over_ew"}
   for key, times in out["step_time_ms"].items():
