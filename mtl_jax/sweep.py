@@ -223,10 +223,36 @@ def done_or_mismatch(path: str, cell: str, seed: int, prov: dict, flat: Dict[str
   return False
 
 
+def train_curves(workdir: str, keys: Sequence[str]) -> dict:
+  """{"step": [...], key: {task: [...]}} of ``train/<task>/<key>`` from ``metrics.jsonl``.
+
+  Lets a study keep the logged curves it reports in its committed rows
+  (``runs/`` is not committed). Under ``num_seeds`` the library logs the mean
+  over replicas, so these are replica means.
+  """
+  out: dict = {"step": []}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not keys or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    for line in f:
+      m = json.loads(line)
+      found = {k: {n.split("/")[1]: v for n, v in m.items()
+                   if n.startswith("train/") and n.count("/") == 2 and n.endswith("/" + k)}
+               for k in keys}
+      if not any(found.values()):
+        continue
+      out["step"].append(m["step"])
+      for k, by_task in found.items():
+        for task, v in by_task.items():
+          out.setdefault(k, {}).setdefault(task, []).append(v)
+  return out
+
+
 def run_grid(study_dir: str, make_config: Callable[[str, int], object],
              cells: Sequence[str], seeds: Iterable[int], log: Callable[[str], None] = print,
              vmap_seeds: bool = False, setup: Optional[dict] = None,
-             path: Optional[str] = None) -> str:
+             path: Optional[str] = None, curves: Sequence[str] = ()) -> str:
   """Runs every (cell, seed) not yet in the results file; returns its path.
 
   ``path`` defaults to ``study_dir/results.jsonl``; ``setup`` is the
@@ -234,7 +260,9 @@ def run_grid(study_dir: str, make_config: Callable[[str, int], object],
   (cell, seed) already there from another config raises (see
   ``done_or_mismatch``). With ``vmap_seeds`` a cell's missing seeds (which
   must be consecutive from the first) train as one ``num_seeds`` program;
-  each replica still gets its own row.
+  each replica still gets its own row. ``curves`` names per-task train
+  metrics (e.g. "weight") whose logged curves go into each row
+  (``train_curves``).
   """
   path = path or results_path(study_dir)
   existing = read_results(path)
@@ -260,6 +288,9 @@ def run_grid(study_dir: str, make_config: Callable[[str, int], object],
       results = train.train_and_evaluate(config, workdir)
       seconds = round(time.time() - t0, 2)
       rows = results.pop("replicas", None) or [{"seed": batch[0], **results}]
+      kept = train_curves(workdir, curves)
+      if kept:
+        rows = [dict(r, train_curves_replica_mean=kept) for r in rows]
       out = []
       for row in rows:
         prov, flat = provenance(make_config(cell, row["seed"]), row["seed"], setup, commit)

@@ -12,7 +12,6 @@ every task counts on the same scale; validation is unused.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -69,32 +68,28 @@ def normalised_loss(row: dict, sigmas) -> float:
   return float(sum(row["test"][f"t{i}"]["mse"] / s ** 2 for i, s in enumerate(sigmas)))
 
 
-def _trajectory(cell: str, key: str):
-  """(steps, values [n_logs, T]) of train/<task>/<key> from the run's metrics.jsonl.
+def _trajectory(rows, cell: str, key: str):
+  """(steps, values [n_logs, T]) of train/<task>/<key>, kept in the cell's committed rows.
 
-  The library logs the mean over the replicas, so this is the seed-mean trajectory.
+  ``run_grid(curves=...)`` copies the logged curves into every row; the
+  library logs the mean over the replicas, so this is the seed-mean trajectory.
   """
-  runs = os.path.join(HERE, "runs", cell.replace("/", "_"))
-  if not os.path.isdir(runs):
-    return None
-  path = os.path.join(runs, sorted(os.listdir(runs))[0], "metrics.jsonl")
   t = len(SIGMAS[int(cell.split("/")[0][1:])])
-  steps, values = [], []
-  for line in open(path):
-    r = json.loads(line)
-    if f"train/t0/{key}" in r:
-      steps.append(r["step"])
-      values.append([r[f"train/t{i}/{key}"] for i in range(t)])
-  return np.asarray(steps), np.asarray(values)
+  for r in rows:
+    curves = r.get("train_curves_replica_mean", {})
+    if r["cell"] == cell and key in curves:
+      return (np.asarray(curves["step"]),
+              np.stack([curves[key][f"t{i}"] for i in range(t)], axis=1))
+  return None
 
 
-def weight_trajectory(cell: str):
-  return _trajectory(cell, "weight")
+def weight_trajectory(rows, cell: str):
+  return _trajectory(rows, cell, "weight")
 
 
-def gradient_imbalance(cell: str):
+def gradient_imbalance(rows, cell: str):
   """(steps, max_i G_i / min_i G_i) with G_i = w_i · ||∇_trunk L_i|| (T=2 runs log the norms)."""
-  w, n = _trajectory(cell, "weight"), _trajectory(cell, "grad_norm")
+  w, n = _trajectory(rows, cell, "weight"), _trajectory(rows, cell, "grad_norm")
   if w is None or n is None or not len(n[0]):
     return None
   g = w[1] * n[1]
@@ -127,18 +122,18 @@ def write_report(rows):
       lines.append(f"| {m} | {tot[0]:.4f} ± {tot[1]:.4f} | {lo[0]:.4f} ± {lo[1]:.4f} | "
                    f"{hi[0]:.4f} ± {hi[1]:.4f} | {tot[2]} |")
     lines.append("")
-  lines += ["## Learned weights at the end (mean over seeds and the last 50 steps)", "",
+  lines += ["## Learned weights at the last logged step (mean over seeds; from the rows' curves)", "",
             "| cell | weights w_0..w_{T-1} | Spearman(w, 1/σ) |", "|---|---|---|"]
   for t, sigmas in SIGMAS.items():
     for m in LEARNED + ("gradnorm_sgd",):
-      traj = weight_trajectory(f"T{t}/{m}")
+      traj = weight_trajectory(rows, f"T{t}/{m}")
       if traj is None or not len(traj[0]):
         continue
       w = traj[1][-1]
       rho = _spearman(w, 1.0 / np.asarray(sigmas))
       lines.append(f"| T{t}/{m} | {np.array2string(w, precision=3, max_line_width=200)} | "
                    f"{rho:+.2f} |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
   _plot(rows)
 
 
@@ -160,7 +155,7 @@ def _plot(rows):
     ax = axes[row, 3]
     if t == 2:
       for j, m in enumerate(("ew", "uncertainty", "gradnorm", "gradnorm_sgd")):
-        imb = gradient_imbalance(f"T{t}/{m}")
+        imb = gradient_imbalance(rows, f"T{t}/{m}")
         if imb is not None:
           ax.plot(imb[0], imb[1], label=m, color=f"C{j}")
       ax.set_xlabel("step")
@@ -168,7 +163,7 @@ def _plot(rows):
     else:  # final weights against σ, each normalised to sum T, beside ∝ 1/σ
       sig = np.asarray(sigmas)
       for j, m in enumerate(LEARNED):
-        traj = weight_trajectory(f"T{t}/{m}")
+        traj = weight_trajectory(rows, f"T{t}/{m}")
         if traj is not None and len(traj[0]):
           w = traj[1][-1]
           ax.plot(sig, t * w / w.sum(), "o-", label=m, color=f"C{j + 1}")
@@ -181,12 +176,12 @@ def _plot(rows):
     ax.legend(fontsize=7)
     for col, m in enumerate(LEARNED, start=1):
       ax = axes[row, col]
-      traj = weight_trajectory(f"T{t}/{m}")
+      traj = weight_trajectory(rows, f"T{t}/{m}")
       if traj is not None:
         colors = plt.cm.viridis(np.linspace(0, 1, t))
         for i in range(t):
           ax.plot(traj[0], traj[1][:, i], color=colors[i], label=f"σ={sigmas[i]:g}")
-      sgd = weight_trajectory(f"T{t}/gradnorm_sgd") if m == "gradnorm" else None
+      sgd = weight_trajectory(rows, f"T{t}/gradnorm_sgd") if m == "gradnorm" else None
       if sgd is not None:
         for i in range(t):
           ax.plot(sgd[0], sgd[1][:, i], color=colors[i], ls=":", lw=1,
@@ -210,7 +205,7 @@ def main():
   cells = args.cells.split(",") if args.cells else CELLS
   if not args.report_only:
     sweep.run_grid(HERE, lambda cell, seed: make_config(cell, seed, args.steps), cells,
-                   range(args.seeds), vmap_seeds=True)
+                   range(args.seeds), vmap_seeds=True, curves=("weight", "grad_norm"))
   write_report(sweep.read_results(os.path.join(HERE, "results.jsonl")))
 
 

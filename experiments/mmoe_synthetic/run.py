@@ -151,7 +151,7 @@ def write_report(rows, steps, width, counts, corr):
         lines.append(f"| {m} | {p} | {_fmt(mse[c]['y1'])} | {_fmt(mse[c]['y2'])} | "
                      f"{_fmt(mse[c]['mean'])} | {np.std(mse[c]['mean'], ddof=1):.3f} | "
                      f"{seeds[c]} | {secs[c]:.0f} |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n", rows)
   _plot(mse)
 
 
