@@ -83,11 +83,11 @@ def _trajectory(rows, cell: str, key: str):
   return None
 
 
-def weight_trajectory(curve_rows, cell: str):
+def weight_trajectory(rows, cell: str):
   return _trajectory(rows, cell, "weight")
 
 
-def gradient_imbalance(curve_rows, cell: str):
+def gradient_imbalance(rows, cell: str):
   """(steps, max_i G_i / min_i G_i) with G_i = w_i · ||∇_trunk L_i|| (T=2 runs log the norms)."""
   w, n = _trajectory(rows, cell, "weight"), _trajectory(rows, cell, "grad_norm")
   if w is None or n is None or not len(n[0]):
