@@ -128,7 +128,8 @@ def write_report(rows, curve_rows, curve_file):
     lines.append("")
   lines += ["## Learned weights at the last logged step (mean over seeds)", "",
             f"From the train curves kept in the committed rows of `{curve_file}` (same "
-            "configs as the cells above; `--curves_only` reruns just these cells).", "",
+            "configs as the cells above; `--curves_only` reruns just these cells). "
+            + sweep.provenance_md(curve_rows).strip(), "",
             "| cell | weights w_0..w_{T-1} | Spearman(w, 1/σ) |", "|---|---|---|"]
   for t, sigmas in SIGMAS.items():
     for m in LEARNED + ("gradnorm_sgd",):
