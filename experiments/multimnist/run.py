@@ -104,9 +104,10 @@ def write_report(rows):
     common = sorted(set(ew) & set(mean_lr.get(cell, {})))
     delta = sweep.mean_se([mean_lr[cell][s] - ew[s] for s in common])
     pub = PUBLISHED.get(cell, ("", ""))
+    diff = "" if cell == "ew" else f"{delta[0]:+.2f} ± {delta[1]:.2f}"
     lines.append(f"| {cell} | {stats['left'][0]:.2f} ± {stats['left'][1]:.2f} | "
                  f"{stats['right'][0]:.2f} ± {stats['right'][1]:.2f} | "
-                 f"{'' if cell == 'ew' else f'{delta[0]:+.2f} ± {delta[1]:.2f}'} | {pub[0]} | {pub[1]} | {stats['left'][2]} |")
+                 f"{diff} | {pub[0]} | {pub[1]} | {stats['left'][2]} |")
   secs = sweep.collect([dict(r, test={"_": {"s": r["seconds"]}}) for r in rows], "test", "_", "s")
   total = sum(v[0] for v in secs.values())
   lines += ["", f"Wall time of the grid (sum over cells, one vmapped program each): "
