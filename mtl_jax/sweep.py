@@ -53,15 +53,17 @@ def file_sha256(path: str, length: int = 16) -> str:
   return h.hexdigest()[:length]
 
 
-def git_commit() -> str:
-  """HEAD of the checkout this module is in, ``+dirty`` if mtl_jax/ or experiments/ differ."""
+def git_commit(study_dir: Optional[str] = None) -> str:
+  """HEAD of the checkout this module is in, ``+dirty`` if mtl_jax/ or the
+  study's ``*.py`` (all studies' when ``study_dir`` is None) have uncommitted changes."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  scripts = (["experiments/*.py", "experiments/*/*.py"] if study_dir is None
+             else [os.path.join(os.path.abspath(study_dir), "*.py")])
   try:
     head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "mtl_jax",
-                            "experiments/*.py", "experiments/*/*.py"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "mtl_jax"]
+                           + scripts, capture_output=True, text=True, check=True).stdout.strip()
     return head + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
@@ -266,7 +268,7 @@ def run_grid(study_dir: str, make_config: Callable[[str, int], object],
   """
   path = path or results_path(study_dir)
   existing = read_results(path)
-  commit = git_commit()
+  commit = git_commit(study_dir)
   seeds = list(seeds)
   for cell in cells:
     todo = []

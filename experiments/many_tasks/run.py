@@ -210,7 +210,7 @@ def fit_splits(cell, family, weight, seeds, validation):
   preds = jax.device_get(preds)
   seconds = round(time.time() - t0, 2)
   rows = []
-  commit = sweep.git_commit()
+  commit = sweep.git_commit(HERE)
   for i, s in enumerate(seeds):
     out = outputs_by_task(groups, {k: v[i] for k, v in preds.items()})
     ev_ds = getattr(data[i], split)
@@ -231,7 +231,7 @@ def select_cell(family, weight):
 
 def run_cell(path, cell, family, weight, seeds, validation, rows):
   """Fits the splits of ``cell`` not yet in ``rows`` (refusing rows of another config)."""
-  commit = sweep.git_commit()
+  commit = sweep.git_commit(HERE)
   todo = []
   for s in seeds:
     prov, flat = sweep.provenance(make_config(family, s, weight, validation), s, setup(), commit)
