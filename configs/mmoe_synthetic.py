@@ -1,7 +1,7 @@
 """MMoE on the synthetic task pair of Ma et al. (KDD 2018); task correlation p from the argument.
 
 Two regression tasks y1, y2 whose weight vectors have cosine p (data
-"mmoe_synthetic", REFERENCES.md). Model as in the paper: 8 experts of one
+"mmoe_synthetic", docs/references.md). Model as in the paper: 8 experts of one
 ReLU layer of 16, one softmax gate per task on the raw input, towers of 8,
 Adam at 1e-3 (the middle of the paper's grid).
 

@@ -90,7 +90,7 @@ def write_report(rows, steps):
     lines.append(f"| {w} | {m[0][0]:.3f} ± {m[0][1]:.3f} | {m[1][0]:.3f} ± {m[1][1]:.3f} | "
                  f"{d:+.3f} ± {se:.3f} | {n} | {secs[f'mtl/w{w}']:.0f}, "
                  f"{secs[f'stl/w{w}']:.0f} |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![MTL - STL vs width](capacity.png)\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![MTL - STL vs width](capacity.png)\n\n", rows)
   _plot(mse)
 
 

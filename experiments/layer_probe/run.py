@@ -53,7 +53,7 @@ def write_report(rows):
       m, se, n = sweep.mean_se([100 * v for v in values.get(f"{t}/k{k}", [])])
       cells.append(f"{m:.1f} ± {se:.1f}" if n else "")
     lines.append(f"| {'input' if k == 0 else f'block {k}'} | " + " | ".join(cells) + " |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
 
 
 def main():

@@ -72,7 +72,7 @@ def write_report(rows):
       m, se, k = stat(f"{v}/n{n}")
       cells.append(f"{m:.1f} ± {se:.1f}" if k else "")
     lines.append(f"| {n} | " + " | ".join(cells) + " |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

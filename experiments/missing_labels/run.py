@@ -92,7 +92,7 @@ def write_report(rows):
   lines += ["", f"Run time per cell (5 replicas in one program): "
             f"{min(secs.values()):.0f}-{max(secs.values()):.0f} s, total "
             f"{sum(secs.values()) / 60:.1f} min.", ""]
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n", rows)
   _plot(rows)
 
 

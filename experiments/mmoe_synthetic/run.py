@@ -1,14 +1,19 @@
 """Ma et al. (KDD 2018) synthetic study: shared-bottom vs OMoE vs MMoE as task
 correlation p varies.
 
-  python experiments/mmoe_synthetic/run.py [--seeds 30] [--steps 2000]
+  python experiments/mmoe_synthetic/run.py [--seeds 10] [--steps 2000]
 
 Each (model, p) cell is one ``num_seeds`` program (replica r = seed r: its own
 init and data order; the data, and so the two tasks, are the same for all
 replicas, from data seed 0). Shared-bottom is hard sharing whose width is
 chosen so its parameter count matches MMoE's (docs/sharing.md). Also measures
 the label correlation the generator gives for each p, to put beside
-REFERENCES.md. Nothing is tuned: Adam 1e-2 (in the paper's grid; see LR).
+docs/references.md.
+
+The learning rate is chosen on validation, per model: each of the paper's
+grid LRS trains SELECT_SEEDS seeds at p=0.5 and the rate with the lowest
+final validation MSE (the generator's validation split: its own draw of
+inputs, never test) serves every p of that model. Test plays no part.
 """
 
 import argparse
@@ -28,11 +33,12 @@ from mtl_jax.data.synthetic import mmoe_pair  # noqa: E402
 MODELS = ("shared_bottom", "omoe", "mmoe")
 PS = (0.5, 1.0, 0.9)  # run order: the p=0.5 / p=1 comparisons first
 CORR_PS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
-PAPER_CORR = {0.0: 0.00, 0.1: 0.04, 0.5: 0.22, 0.9: 0.46, 1.0: 1.00}  # REFERENCES.md [v]
+PAPER_CORR = {0.0: 0.00, 0.1: 0.04, 0.5: 0.22, 0.9: 0.46, 1.0: 1.00}  # docs/references.md [v]
 TASKS = ("y1", "y2")
 STEPS = 2000  # overridden by --steps; the value used is recorded in results.md
 NUM_TRAIN = 100_000
-LR = 1e-2  # top of the paper's grid: at 1e-3, 2000 steps leave every model at test MSE ~3.7
+LRS = (1e-4, 1e-3, 1e-2)  # the paper's grid; chosen per model on validation
+SELECT_P, SELECT_SEEDS = 0.5, 3
 
 
 def _moe(sharing):
@@ -58,7 +64,11 @@ def param_counts():
   return {"mmoe": target, "omoe": count(_moe("omoe")), "shared_bottom": count(_hard(width))}, width
 
 
-def make_config(cell, seed, steps=None, width=None):
+def make_config(cell, seed, steps=None, width=None, lr=None):
+  """``cell`` is "<model>/p<p>" (lr given) or "select/<model>/p<p>/lr<lr>"."""
+  if cell.startswith("select/"):
+    _, model, p, lr_txt = cell.split("/")
+    cell, lr = f"{model}/{p}", float(lr_txt[2:])
   model, p = cell.split("/p")
   c = ml_collections.ConfigDict()
   c.seed = seed
@@ -68,7 +78,7 @@ def make_config(cell, seed, steps=None, width=None):
     c.model = _hard(width or param_counts()[1])
   else:
     c.model = _moe(model)
-  c.optimizer = dict(name="adam", learning_rate=LR)
+  c.optimizer = dict(name="adam", learning_rate=float(lr))
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.num_train_steps = steps or STEPS
@@ -80,6 +90,18 @@ def make_config(cell, seed, steps=None, width=None):
 
 
 CELLS = [f"{m}/p{p}" for p in PS for m in MODELS]
+SELECT_CELLS = {m: [f"select/{m}/p{SELECT_P}/lr{lr:g}" for lr in LRS] for m in MODELS}
+
+
+def chosen_lr(rows, model):
+  """(lr, {lr: (mean, se, n)}) with the lowest mean final validation MSE (mean of y1, y2)."""
+  stats = {}
+  for lr, cell in zip(LRS, SELECT_CELLS[model]):
+    v = [np.mean([r["validation"][t]["mse"] for t in TASKS]) for r in rows if r["cell"] == cell]
+    stats[lr] = sweep.mean_se(v)
+  if any(n == 0 for _, _, n in stats.values()):
+    return None, stats
+  return min(LRS, key=lambda lr: stats[lr][0]), stats
 
 
 def label_correlation(n=20_000, seeds=5):
@@ -96,6 +118,8 @@ def _test_mse(rows):
   """{cell: {"y1": [...], "y2": [...], "mean": [...]}} of final test MSE per replica."""
   out = {}
   for r in rows:
+    if r["cell"].startswith("select/"):
+      continue
     d = out.setdefault(r["cell"], {"y1": [], "y2": [], "mean": []})
     v = [r["test"][t]["mse"] for t in TASKS]
     d["y1"].append(v[0])
@@ -104,19 +128,13 @@ def _test_mse(rows):
   return out
 
 
-def _curve(cell):
-  """(steps, replica-mean per-task train MSE) from the cell's metrics.jsonl."""
-  runs = os.path.join(HERE, "runs", cell.replace("/", "_"))
-  if not os.path.isdir(runs):
-    return None
-  path = os.path.join(runs, sorted(os.listdir(runs))[0], "metrics.jsonl")
-  steps, loss = [], []
-  for line in open(path):
-    m = json.loads(line)
-    if "train/y1/loss" in m:
-      steps.append(m["step"])
-      loss.append(np.mean([m[f"train/{t}/loss"] for t in TASKS]))
-  return np.array(steps), np.array(loss)
+def _curve(rows, cell):
+  """(steps, replica-mean per-task train MSE), kept in the cell's rows by run_grid."""
+  for r in rows:
+    c = r.get("train_curves_replica_mean", {})
+    if r["cell"] == cell and "loss" in c:
+      return np.asarray(c["step"]), np.mean([c["loss"][t] for t in TASKS], axis=0)
+  return None
 
 
 def _fmt(values):
@@ -128,13 +146,25 @@ def write_report(rows, steps, width, counts, corr):
   mse = _test_mse(rows)
   seeds = {c: len(v["mean"]) for c, v in mse.items()}
   secs = {r["cell"]: r["seconds"] for r in rows}
+  lrs = {r["cell"]: r["lr"] for r in rows if "lr" in r}
   lines = ["# MMoE synthetic study (Ma et al., KDD 2018)", "",
            "Generated by `python experiments/mmoe_synthetic/run.py` from results.jsonl. "
            f"Setup: {NUM_TRAIN:,} train / 1,000 test examples (data seed 0 for every run), "
-           f"batch 128, Adam {LR:g}, **{steps} steps**; replica r of a cell = seed r (init and "
-           "data order). Final test MSE, mean ± s.e. over seeds.", "",
+           f"batch 128, Adam at the learning rate chosen on validation (below), **{steps} steps**; "
+           "replica r of a cell = seed r (init and data order). Final test MSE, mean ± s.e. over "
+           "seeds.", "",
+           f"## Learning rate, chosen on validation (p={SELECT_P}, {SELECT_SEEDS} seeds, final "
+           "validation MSE, mean of y1 and y2)", "",
+           "| model | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " | chosen |",
+           "|---|" + "---|" * len(LRS) + "---|"]
+  for m in MODELS:
+    lr, st = chosen_lr(rows, m)
+    lines.append(f"| {m} | " + " | ".join(
+        f"{st[x][0]:.3f} ± {st[x][1]:.3f}" if st[x][2] else "" for x in LRS)
+        + f" | {'' if lr is None else f'{lr:g}'} |")
+  lines += ["",
            "## Label correlation vs p (generator, n=20k, 5 seeds)", "",
-           "| p | Pearson r (ours) | REFERENCES.md |", "|---|---|---|"]
+           "| p | Pearson r (ours) | docs/references.md |", "|---|---|---|"]
   for p in CORR_PS:
     m, se = corr[p]
     ref = f"{PAPER_CORR[p]:.2f}" if p in PAPER_CORR else ""
@@ -142,20 +172,20 @@ def write_report(rows, steps, width, counts, corr):
   lines += ["", "## Models", "",
             f"Parameters: MMoE {counts['mmoe']:,}, OMoE {counts['omoe']:,}, shared-bottom "
             f"{counts['shared_bottom']:,} (hidden width {width}, towers of 8).", "",
-            "| model | p | test MSE y1 | test MSE y2 | test MSE mean | s.d. of mean | seeds | "
-            "program s |", "|---|---|---|---|---|---|---|---|"]
+            "| model | p | lr | test MSE y1 | test MSE y2 | test MSE mean | s.d. of mean | seeds | "
+            "program s |", "|---|---|---|---|---|---|---|---|---|"]
   for p in sorted(PS):
     for m in MODELS:
       c = f"{m}/p{p}"
       if c in mse:
-        lines.append(f"| {m} | {p} | {_fmt(mse[c]['y1'])} | {_fmt(mse[c]['y2'])} | "
+        lines.append(f"| {m} | {p} | {lrs.get(c, 0):g} | {_fmt(mse[c]['y1'])} | {_fmt(mse[c]['y2'])} | "
                      f"{_fmt(mse[c]['mean'])} | {np.std(mse[c]['mean'], ddof=1):.3f} | "
                      f"{seeds[c]} | {secs[c]:.0f} |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n")
-  _plot(mse)
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n", rows)
+  _plot(rows, mse)
 
 
-def _plot(mse):
+def _plot(rows, mse):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -166,7 +196,7 @@ def _plot(mse):
     ax = axes[0, j]
     for m in MODELS:
       c = f"{m}/p{p}"
-      curve = _curve(c)
+      curve = _curve(rows, c)
       if curve is None:
         continue
       ax.plot(*curve, color=colors[m], label=f"{m} train (replica mean)")
@@ -192,16 +222,27 @@ def _plot(mse):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--seeds", type=int, default=30)
+  parser.add_argument("--seeds", type=int, default=10)
   parser.add_argument("--steps", type=int, default=STEPS)
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
   counts, width = param_counts()
+  path = sweep.results_path(HERE)
+  setup = {"data": "mmoe_synthetic generator, data seed 0"}
   if not args.report_only:
-    sweep.run_grid(HERE, lambda c, s: make_config(c, s, args.steps, width), CELLS,
-                   range(args.seeds), vmap_seeds=True)
-  write_report(sweep.read_results(os.path.join(HERE, "results.jsonl")), args.steps, width,
-               counts, label_correlation())
+    run = lambda cells, seeds, make: sweep.run_grid(  # noqa: E731
+        HERE, make, cells, seeds, vmap_seeds=True, setup=setup, curves=("loss",))
+    for m in MODELS:
+      run(SELECT_CELLS[m], range(SELECT_SEEDS), lambda c, s: make_config(c, s, args.steps, width))
+      lr = chosen_lr(sweep.read_results(path), m)[0]
+      run([c for c in CELLS if c.startswith(m + "/")], range(args.seeds),
+          lambda c, s, lr=lr: make_config(c, s, args.steps, width, lr))
+  rows = sweep.read_results(path)
+  configs = sweep.read_configs(path)
+  for r in rows:  # the learning rate each row trained with, from its recorded config
+    if "provenance" in r:
+      r["lr"] = configs[r["provenance"]["setup_hash"]]["optimizer.learning_rate"]
+  write_report(rows, args.steps, width, counts, label_correlation())
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def write_report(rows):
       model, variant = cell.split("/")
       pub = PUBLISHED[model][variant == "shuffled"]
       lines.append(f"| {model} | {variant} | {m:.1f} ± {se:.1f} | {n} | {pub} |")
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
   _plot(values)
 
 

@@ -100,7 +100,7 @@ def write_report(rows):
     lines.append(f"| {t} | " + " | ".join(cells) + " |")
   lines += ["", "| scenario | winner here | rule of thumb |", "|---|---|---|"]
   lines += [f"| {s} | {best[s]} | {RULE_OF_THUMB[s]} |" for s in SCENARIOS]
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n")
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
   _plot(values)
 
 

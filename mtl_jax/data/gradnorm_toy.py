@@ -6,7 +6,7 @@ scale, so under equal weighting the large-σ tasks own the gradient:
     f_i(x) = σ_i · tanh((B + ε_i) x),   x ∈ R^250, f_i(x) ∈ R^100,
     B_jk ~ N(0, 10²),  ε_i,jk ~ N(0, 3.5²),  x ~ N(0, 0.01² I).
 
-The paper does not give the input law; std 0.01 (REFERENCES.md, a public
+The paper does not give the input law; std 0.01 (docs/references.md, a public
 re-implementation) keeps (B + ε_i) x at std ≈ 1.7, where tanh is neither
 linear nor saturated. Tasks are named t0..t{T-1}, each a 100-output regression.
 

@@ -6,7 +6,7 @@ Every task is its own head; an example is labelled only for its own task
 model through the masks alone. ``pooled=True`` instead gives one task
 ``"score"`` labelled everywhere: the "one model for all schools" baseline.
 
-Protocol (REFERENCES.md, School data): 10 random splits, 75/25 within each
+Protocol (docs/references.md, School data): 10 random splits, 75/25 within each
 task; the split seed is the dataset's ``seed`` (set it to the run seed).
 Explained variance there is pooled over all test points, EV = 1 - SSE/SST
 with SST around the pooled test mean; ``pooled_explained_variance`` computes
@@ -22,7 +22,7 @@ from mtl_jax.data.base import DATASETS, ArrayDataset, DataSplits
 
 NUM_FEATURES = 27  # School: 27 features, plus a bias column of ones
 # Stream tags keep the population, the splits and the targets' noise apart.
-_POPULATION, _SPLIT = 0, 1
+_POPULATION, _SPLIT, _VALIDATION = 0, 1, 2
 
 
 def task_name(t: int) -> str:
@@ -72,13 +72,13 @@ def read_school_file(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     column 29     exam score (the target)
   As ``.csv`` (comma-separated; one optional header line, skipped when its
   first field is not a number) or ``.npz`` holding that matrix as ``data``.
-  From the MALSAR ``school.mat`` (cells X{t} [n_t, 28], bias last, Y{t}):
-    rows = [np.c_[np.full(len(y), t), x, y] for t, (x, y) in enumerate(zip(X, Y))]
-    np.savez(path, data=np.concatenate(rows))
+  Or the MALSAR ``school.mat`` itself (``read_school_mat``).
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"School file {path!r} not found; the data is not redistributed, "
                             "pass its path (layout in mtl_jax/data/many_tasks.py)")
+  if path.endswith(".mat"):
+    return read_school_mat(path)
   if path.endswith(".npz"):
     with np.load(path) as z:
       data = np.asarray(z["data"], np.float64)
@@ -102,11 +102,43 @@ def read_school_file(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   return data[:, 1:-1].astype(np.float32), data[:, -1].astype(np.float32), task
 
 
-def split_within_tasks(task: np.ndarray, train_fraction: float, seed: int
+def read_school_mat(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads MALSAR's ``school.mat``: X, Y are 1 x 139 cell arrays, X{t} [n_t, 28]
+  (27 features, bias column last), Y{t} [n_t, 1]; task t is cell t.
+
+  ``scipy.io.loadmat`` returns the cells as object arrays of shape (1, T),
+  hence the ``ravel()``.
+  """
+  import scipy.io  # a dependency of JAX
+  try:
+    mat = scipy.io.loadmat(path)
+  except Exception as e:  # scipy raises several types for a bad file
+    raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e})") from e
+  for key in ("X", "Y"):
+    if key not in mat:
+      raise ValueError(f"{path}: no variable {key!r} (has {sorted(k for k in mat if k[0] != '_')})")
+  xs, ys = mat["X"].ravel(), mat["Y"].ravel()
+  if len(xs) != len(ys):
+    raise ValueError(f"{path}: X has {len(xs)} cells, Y has {len(ys)}")
+  want = NUM_FEATURES + 1
+  x_all, y_all, task = [], [], []
+  for t, (x, y) in enumerate(zip(xs, ys)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64).ravel()
+    if x.ndim != 2 or x.shape[1] != want or len(y) != len(x):
+      raise ValueError(f"{path}: cell {t}: X{{t}} must be [n, {want}] (27 features, bias) and "
+                       f"Y{{t}} [n, 1], got {x.shape} and {np.shape(mat['Y'].ravel()[t])}")
+    x_all.append(x)
+    y_all.append(y)
+    task.append(np.full(len(y), t))
+  return (np.concatenate(x_all).astype(np.float32), np.concatenate(y_all).astype(np.float32),
+          np.concatenate(task))
+
+
+def split_within_tasks(task: np.ndarray, train_fraction: float, seed: int, stream: int = _SPLIT
                        ) -> Tuple[np.ndarray, np.ndarray]:
   """Train/test indices: each task's rows shuffled with ``seed``, the first
   round(train_fraction * n_t) (at least 1, at most n_t - 1) to train."""
-  rng = np.random.default_rng([_SPLIT, seed])
+  rng = np.random.default_rng([stream, seed])
   train, test = [], []
   for t in range(int(task.max()) + 1):
     rows = rng.permutation(np.flatnonzero(task == t))
@@ -128,16 +160,24 @@ def _arrays(x, y, task, num_tasks, pooled) -> ArrayDataset:
 
 
 def make_splits(x, y, task, seed: int, train_fraction: float = 0.75, pooled: bool = False,
-                standardize: bool = True) -> DataSplits:
+                standardize: bool = True, validation_fraction: float = 0.0) -> DataSplits:
   """DataSplits from a whole population: 75/25 within each task with ``seed``.
 
   ``standardize`` z-scores the target and the non-constant features with the
   train split's pooled mean/std (EV is unchanged by an affine map of y). The
-  protocol has no validation split: ``validation`` is the test split (nothing
-  here selects on it; studies report ``test``).
+  protocol has no validation split: with ``validation_fraction`` 0,
+  ``validation`` is the test split (select nothing on it). With f > 0 a
+  fraction f of each task's train rows becomes ``validation`` (and leaves
+  train; the test split is unchanged), for choosing hyperparameters.
   """
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
   num_tasks = int(task.max()) + 1
   tr, te = split_within_tasks(task, train_fraction, seed)
+  va = te
+  if validation_fraction > 0:
+    keep, held = split_within_tasks(task[tr], 1.0 - validation_fraction, seed, _VALIDATION)
+    tr, va = tr[keep], tr[held]
   x, y = x.astype(np.float32).copy(), y.astype(np.float32).copy()
   if standardize:
     mu, sd = x[tr].mean(0), x[tr].std(0)
@@ -146,7 +186,8 @@ def make_splits(x, y, task, seed: int, train_fraction: float = 0.75, pooled: boo
     y = (y - y[tr].mean()) / y[tr].std()
   train = _arrays(x[tr], y[tr], task[tr], num_tasks, pooled)
   test = _arrays(x[te], y[te], task[te], num_tasks, pooled)
-  return DataSplits(train, test, test)
+  validation = _arrays(x[va], y[va], task[va], num_tasks, pooled) if validation_fraction else test
+  return DataSplits(train, validation, test)
 
 
 @DATASETS.register("many_tasks")
@@ -154,7 +195,7 @@ def many_tasks(seed: int = 0, num_tasks: int = 139, min_examples: int = 30,
                max_examples: int = 200, slope_std: float = 0.3, intercept_std: float = 0.8,
                noise_std: float = 1.3,
                population_seed: int = 0, train_fraction: float = 0.75, pooled: bool = False,
-               standardize: bool = True) -> DataSplits:
+               standardize: bool = True, validation_fraction: float = 0.0) -> DataSplits:
   """School-like generated tasks ``t000``..; ``seed`` picks the split only.
 
   The population (weights, inputs, targets) comes from ``population_seed`` so
@@ -164,15 +205,16 @@ def many_tasks(seed: int = 0, num_tasks: int = 139, min_examples: int = 30,
                                        slope_std=slope_std, intercept_std=intercept_std,
                                        noise_std=noise_std,
                                        seed=population_seed)
-  return make_splits(x, y, task, seed, train_fraction, pooled, standardize)
+  return make_splits(x, y, task, seed, train_fraction, pooled, standardize, validation_fraction)
 
 
 @DATASETS.register("school")
 def school(path: str, seed: int = 0, train_fraction: float = 0.75, pooled: bool = False,
-           standardize: bool = True) -> DataSplits:
-  """The School data from ``path`` (layout: ``read_school_file``); tasks ``t000``.."""
+           standardize: bool = True, validation_fraction: float = 0.0) -> DataSplits:
+  """The School data from ``path`` (layout: ``read_school_file``, or MALSAR's
+  ``school.mat``); tasks ``t000``.."""
   x, y, task = read_school_file(path)
-  return make_splits(x, y, task, seed, train_fraction, pooled, standardize)
+  return make_splits(x, y, task, seed, train_fraction, pooled, standardize, validation_fraction)
 
 
 def pooled_explained_variance(test: ArrayDataset, mse: Dict[str, float]) -> float:

@@ -1,6 +1,6 @@
 """MultiMNIST (Sener & Koltun, NeurIPS 2018): two overlapping digits, tasks left/right.
 
-Recipe (REFERENCES.md): pair every image with a random partner; on a 36x36
+Recipe (docs/references.md): pair every image with a random partner; on a 36x36
 canvas put the first digit at [0:28, 0:28] and the partner at [6:34, 6:34],
 max on the overlap; resize to 28x28 with nearest neighbour; labels (left,
 right); normalise with MNIST's (0.1307, 0.3081) after scaling to [0, 1].

@@ -2,7 +2,7 @@
 
 Ma et al. (KDD 2018) set the cosine ``p`` between the two tasks' weight
 vectors and add the same sine non-linearity to both, so ``p`` tunes how much
-the tasks share without making either easier. Recipe (REFERENCES.md):
+the tasks share without making either easier. Recipe (docs/references.md):
 orthonormal u1, u2 in R^d; w1 = c·u1, w2 = c·(p·u1 + sqrt(1-p²)·u2);
 x ~ N(0, I); y_k = w_kᵀx + Σ_{i=1..m} sin(α_i·w_kᵀx + β_i) + ε with
 α_i = i, β_i = (i-1)², c = 1, m = 10 and noise std 0.01.
