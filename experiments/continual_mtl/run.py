@@ -73,17 +73,32 @@ def make_config(cell, seed):
   return c
 
 
+CURVES = os.path.join(HERE, "results_curves.json")  # committed: runs/ is not
+
+
 def curves(cell, seed):
-  """{task: {step: validation accuracy %}} from the run's metrics.jsonl."""
+  """{task: {step: validation accuracy %}} from the run's metrics.jsonl.
+
+  Kept in the committed results_curves.json, so --report_only works on a
+  clean checkout (runs/ is git-ignored).
+  """
+  kept = json.load(open(CURVES)) if os.path.exists(CURVES) else {}
+  key = f"{cell}/seed_{seed}"
   path = os.path.join(HERE, "runs", cell, f"seed_{seed}", "metrics.jsonl")
-  out = {t: {} for t in TASKS}
-  with open(path) as f:
-    for line in f:
-      r = json.loads(line)
-      for t in TASKS:
-        if f"validation/{t}/accuracy" in r:
-          out[t][r["step"]] = 100 * r[f"validation/{t}/accuracy"]
-  return out
+  if os.path.exists(path):
+    out = {t: {} for t in TASKS}
+    with open(path) as f:
+      for line in f:
+        r = json.loads(line)
+        for t in TASKS:
+          if f"validation/{t}/accuracy" in r:
+            out[t][str(r["step"])] = 100 * r[f"validation/{t}/accuracy"]
+    kept[key] = out
+    with open(CURVES, "w") as f:
+      json.dump(kept, f, indent=1, sort_keys=True)
+  if key not in kept:
+    raise FileNotFoundError(f"no curves for {key}: neither {path} nor an entry in {CURVES}")
+  return {t: {int(step): v for step, v in c.items()} for t, c in kept[key].items()}
 
 
 def forgetting(cell, seed):

@@ -80,17 +80,27 @@ def _by(rows, split, task, cell):
           if r["cell"] == cell and task in r.get(split, {})}
 
 
+EPOCHS = os.path.join(HERE, "results_epochs.json")  # committed: runs/ is not
+
+
 def _epochs(cell):
-  """Epochs per dataset at the end of the cell's run (from its metrics.jsonl)."""
+  """Epochs per dataset at the end of the cell's run.
+
+  Read from the run's metrics.jsonl when runs/ exists and kept in the
+  committed results_epochs.json, so --report_only works on a clean checkout.
+  """
+  kept = json.load(open(EPOCHS)) if os.path.exists(EPOCHS) else {}
   run_dir = os.path.join(HERE, "runs", cell)
-  if not os.path.isdir(run_dir):
-    return {}
-  out = {}
-  for sub in os.listdir(run_dir):
-    with open(os.path.join(run_dir, sub, "metrics.jsonl")) as f:
-      last = [json.loads(line) for line in f if "data/" in line][-1]
-    out.update({k.split("/")[1]: v for k, v in last.items() if k.endswith("/epochs")})
-  return out
+  if os.path.isdir(run_dir):
+    out = {}
+    for sub in os.listdir(run_dir):
+      with open(os.path.join(run_dir, sub, "metrics.jsonl")) as f:
+        last = [json.loads(line) for line in f if "data/" in line][-1]
+      out.update({k.split("/")[1]: v for k, v in last.items() if k.endswith("/epochs")})
+    kept[cell] = out
+    with open(EPOCHS, "w") as f:
+      json.dump(kept, f, indent=1, sort_keys=True)
+  return kept.get(cell, {})
 
 
 def write_report(rows):
