@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax import losses, tasks
-from mtl_jax.models.sharing import variables, zero_features
+from mtl_jax.models.sharing import TASK_FEATURES, variables, zero_perturbations
 from mtl_jax.precision import Policy
 from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, build_strategy
 
@@ -94,7 +94,11 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
                           1.0)
 
       def per_task_losses(params, z):
-        zs = None if z is None else split_microbatches(z, grad_accum_steps)
+        zs = None
+        if z is not None:  # per-task copies carry the batch on axis 1
+          zs = {k: (split_microbatches(jnp.moveaxis(v, 1, 0), grad_accum_steps).swapaxes(1, 2)
+                    if k == TASK_FEATURES else split_microbatches(v, grad_accum_steps))
+                for k, v in z.items()}
 
         def body(acc, xs):
           (x, labels, mask), zk, k = xs
@@ -114,7 +118,8 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
 
     problem = LossProblem(
         terms=terms, static_weights=weights,
-        zero_features=lambda: zero_features(model, inputs, policy.for_compute(state.params)),
+        zero_features=lambda: zero_perturbations(model, inputs, policy.for_compute(state.params),
+                                                 len(specs)),
         reg_grad=jax.grad(lambda p: regularizer(freeze(p))) if regularizer else None)
     grads, carry, step_metrics = strat.gradients(problem, state.params, state.weighting,
                                                  weighting_rng)

@@ -36,7 +36,8 @@ def _problem(dtype):
     return losses.task_losses(SPECS, GROUPS, out, labels, mask), jnp.zeros((), dtype)
 
   params = jax.tree.map(lambda p: p.astype(dtype), MODEL.init(jax.random.PRNGKey(0), x)["params"])
-  return LossProblem(terms, jnp.asarray(STATIC, dtype), lambda: sharing.zero_features(MODEL, x)), params
+  return LossProblem(terms, jnp.asarray(STATIC, dtype),
+                     lambda: sharing.zero_perturbations(MODEL, x, params, 3)), params
 
 
 PROBLEM, PARAMS = _problem(jnp.float32)

@@ -191,8 +191,8 @@ def test_representation_mode_weights_one_backward_pass(workdir):
     return losses.task_losses(SPECS, GROUPS, out, BATCH["labels"], BATCH["mask"]), jnp.zeros(())
 
   comb = build_strategy({"aggregator": "mgda", "mode": "representation"}, 3, PARAMS)
-  grads, _, m = comb.gradients(LossProblem(terms, STATIC, lambda: z0), PARAMS, None,
-                               jax.random.PRNGKey(1))
+  grads, _, m = comb.gradients(LossProblem(terms, STATIC, lambda: {sharing.SHARED_FEATURES: z0}),
+                               PARAMS, None, jax.random.PRNGKey(1))
   # Oracle: the representation Jacobian by a loop, MGDA weights, one weighted gradient.
   zjac = np.stack([np.asarray(jax.grad(lambda z, t=t: STATIC[t] * terms(PARAMS, z)[0][t])(z0)).ravel()
                    for t in range(3)])
@@ -204,6 +204,27 @@ def test_representation_mode_weights_one_backward_pass(workdir):
   c = tiny_config(weighting={"aggregator": "mgda", "mode": "representation"})
   c.num_train_steps = 3
   train.train_and_evaluate(c, workdir)
+
+
+def test_per_task_feature_copies_give_the_representation_jacobian_in_one_pass():
+  """TASK_FEATURES (one backward pass) gives the same weights and update as T passes."""
+  comb = build_strategy({"aggregator": "mgda", "mode": "representation"}, 3, PARAMS)
+
+  def terms(params, z):
+    out = MODEL.apply(sharing.variables(params, z), BATCH["inputs"])
+    return losses.task_losses(SPECS, GROUPS, out, BATCH["labels"], BATCH["mask"]), jnp.zeros(())
+
+  zero = sharing.zero_perturbations(MODEL, BATCH["inputs"], PARAMS, 3)
+  assert zero[sharing.TASK_FEATURES].shape == (3, 16, 8)
+  z0 = sharing.zero_features(MODEL, BATCH["inputs"])
+  one, _, m1 = comb.gradients(LossProblem(terms, STATIC, lambda: zero), PARAMS, None,
+                              jax.random.PRNGKey(1))
+  many, _, m2 = comb.gradients(LossProblem(terms, STATIC, lambda: {sharing.SHARED_FEATURES: z0}),
+                               PARAMS, None, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(m1["task_weight"], m2["task_weight"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m1["task_grad_cosine"], m2["task_grad_cosine"], atol=1e-5)
+  for k, v in _flat(many).items():
+    np.testing.assert_allclose(_flat(one)[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
 
 
 def test_jacobian_path_adds_the_regularizer_gradient():

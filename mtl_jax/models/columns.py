@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import kinds
 from mtl_jax.models.heads import StackedDense
 from mtl_jax.models.trunks import DenseBlock, trunk_class
 from mtl_jax.tasks import TaskGroup
@@ -52,7 +53,7 @@ def stacked_trunk(trunk_config, size: int, name: str) -> nn.Module:
 
 
 class ColumnHeads(nn.Module):
-  """TaskHeads for per-task features [T, B, D]: group g reads its own rows.
+  """TaskHeads for per-task features [T, B, (positions,) D]: group g reads its own rows.
 
   Same parameter paths and shapes as TaskHeads (``heads/<kind>_<n>/kernel``
   [T_g, D, n], ``heads/<kind>_<n>_hidden_<j>/kernel``), so hidden layers act
@@ -64,15 +65,19 @@ class ColumnHeads(nn.Module):
   @nn.compact
   def __call__(self, features: jax.Array) -> Dict[str, jax.Array]:
     n = len(task_order(self.groups))
-    if features.ndim != 3 or features.shape[0] != n:
-      raise ValueError(f"ColumnHeads expects per-task features [{n}, B, D], got {features.shape}")
+    if features.ndim < 3 or features.shape[0] != n:
+      raise ValueError(f"ColumnHeads expects per-task features [{n}, B, ..., D], got "
+                       f"{features.shape}")
     out = {}
     for g in self.groups:
+      kind = kinds.get(g.kind)
       start, stop = task_slices(self.groups)[g.key]
       h = features[start:stop]
       for j, width in enumerate(self.hidden):
-        h = nn.relu(StackedDense(len(g.names), width, name=f"{g.key}_hidden_{j}")(h))
-      out[g.key] = StackedDense(len(g.names), g.num_outputs, name=g.key)(h)
+        h = nn.relu(StackedDense(len(g.names), width, kind.position_axes,
+                                 name=f"{g.key}_hidden_{j}")(h))
+      out[g.key] = StackedDense(len(g.names), kind.head_outputs(g.num_outputs),
+                                kind.position_axes, name=g.key)(h)
     return out
 
 

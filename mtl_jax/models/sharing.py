@@ -24,9 +24,12 @@ from mtl_jax.tasks import TaskGroup
 
 SHARING = Registry("sharing scheme")
 
-# The perturbation collection entry that exposes a scheme's shared
-# representation to representation-gradient methods (MGDA-UB).
+# The perturbation collection entries that expose a scheme's shared
+# representation to representation-gradient methods (MGDA-UB): the shared
+# features [B, ..., D], or one copy per task [T, B, ..., D] fed to task t's
+# head only, whose gradient gives every task's row in ONE backward pass.
 SHARED_FEATURES = "shared_features"
+TASK_FEATURES = "task_features"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +63,14 @@ def layout(sharing: Optional[str]) -> ParamLayout:
   return declared
 
 
-def variables(params, features_perturbation=None) -> Dict[str, Any]:
-  """Flax variables for ``apply``, with the shared-representation perturbation if given."""
-  if features_perturbation is None:
+def variables(params, perturbations=None) -> Dict[str, Any]:
+  """Flax variables for ``apply``, with perturbations (a dict: SHARED_FEATURES or
+  TASK_FEATURES -> array; a bare array means SHARED_FEATURES) if given."""
+  if perturbations is None:
     return {"params": params}
-  return {"params": params, "perturbations": {SHARED_FEATURES: features_perturbation}}
+  if not isinstance(perturbations, dict):
+    perturbations = {SHARED_FEATURES: perturbations}
+  return {"params": params, "perturbations": perturbations}
 
 
 def zero_features(model: nn.Module, inputs, params=None) -> Optional[jax.Array]:
@@ -85,10 +91,28 @@ def zero_features(model: nn.Module, inputs, params=None) -> Optional[jax.Array]:
   return None if z is None else jnp.zeros(z.shape, z.dtype)
 
 
+def zero_perturbations(model: nn.Module, inputs, params, num_tasks: int):
+  """The cheapest perturbation ``model`` offers for representation gradients, as a dict.
+
+  Schemes that route per-task copies of their features (``task_features =
+  True``) also get {TASK_FEATURES: zeros [T, B, ..., D]}: one backward pass gives
+  every task's gradient w.r.t. the shared features. Others get
+  {SHARED_FEATURES: zeros [B, ..., D]} (T backward passes through the heads),
+  or None when the scheme exposes no shared features.
+  """
+  z = zero_features(model, inputs, params)
+  if z is None:
+    return None
+  if getattr(type(model), "task_features", False):
+    return {SHARED_FEATURES: z, TASK_FEATURES: jnp.zeros((num_tasks,) + z.shape, z.dtype)}
+  return {SHARED_FEATURES: z}
+
+
 @SHARING.register("hard")
 class HardSharing(nn.Module):
   """Hard parameter sharing: one trunk for all tasks, one head per task."""
   layout = ParamLayout(shared="trunk/.*", body="trunk/.*", blocks="trunk", cacheable=True)
+  task_features = True  # accepts the TASK_FEATURES perturbation (representation gradients)
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   head_hidden: Sequence[int] = ()
@@ -99,6 +123,10 @@ class HardSharing(nn.Module):
     # A zero "perturbation" that representation-gradient methods (MGDA-UB)
     # differentiate; a no-op unless the caller passes that collection.
     features = self.perturb(SHARED_FEATURES, features)
+    if self.has_variable("perturbations", TASK_FEATURES):
+      # Per-task copies: d L / d copy_t = d L_t / d features (head t reads copy t only).
+      per_task = features[None] + self.get_variable("perturbations", TASK_FEATURES)
+      return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(per_task)
     return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
 
 
@@ -113,6 +141,7 @@ class Pooled(HardSharing):
   ``head_<group>/Dense_i/...`` without a task axis.
   """
   layout = ParamLayout(shared="trunk/.*|head_.*", body="trunk/.*", blocks="trunk", cacheable=True)
+  task_features = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models.sharing import SHARED_FEATURES, TASK_FEATURES
 from mtl_jax.weighting.gramian_strategy import accumulate_gramian, gram_stats
 from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy
 
@@ -18,14 +19,22 @@ class RepresentationStrategy(WeightingStrategy):
 
   def gradients(self, problem: LossProblem, params, wstate, rng):
     (wl, (per_task, reg)), vjp_fn = problem.vjp(params)
-    z0 = problem.zero_features() if problem.zero_features else None
-    if z0 is None:
+    zero = problem.zero_features() if problem.zero_features else None
+    if zero is None:
       raise ValueError("mode='representation' needs the model to expose its shared features "
                        "(self.perturb(SHARED_FEATURES, ...)); this sharing scheme does not")
-    # Params are closed over, so the T backward passes stop at z and never enter the trunk.
-    z_losses, z_vjp = jax.vjp(lambda z: problem.weighted(params, z)[0], z0)
-    eye = jnp.eye(self.num_tasks, dtype=z_losses.dtype)
-    z_jac = jax.vmap(lambda c: z_vjp(c)[0])(eye)
+    # Params are closed over, so the backward passes stop at the features and never
+    # enter the trunk.
+    if TASK_FEATURES in zero:
+      # Per-task copies of the features, copy t read by head t only: one backward pass
+      # of the summed losses gives row t = d (w_t L_t) / d features for every t.
+      z_jac = jax.grad(lambda e: jnp.sum(problem.weighted(
+          params, {**zero, TASK_FEATURES: e})[0]))(zero[TASK_FEATURES])
+    else:  # T backward passes through the heads, vmapped
+      z_losses, z_vjp = jax.vjp(lambda z: problem.weighted(params, {SHARED_FEATURES: z})[0],
+                                zero[SHARED_FEATURES])
+      eye = jnp.eye(self.num_tasks, dtype=z_losses.dtype)
+      z_jac = jax.vmap(lambda c: z_vjp(c)[0])(eye)
     gram = accumulate_gramian(z_jac, True)
     weights = jax.lax.stop_gradient(self.aggregator.weights(gram, rng))
     grads = vjp_fn((weights.astype(wl.dtype), jnp.ones((), reg.dtype)))[0]

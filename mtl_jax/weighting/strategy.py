@@ -46,8 +46,9 @@ class LossProblem:
   terms: ``(params, features_perturbation or None) -> (per-task losses [T],
     regularizer scalar)``.
   static_weights: [T] per-task config weights, applied before the strategy.
-  zero_features: ``() -> zeros`` shaped like the shared representation, or
-    None when the model exposes none (only the representation path calls it).
+  zero_features: ``() -> {perturbation name: zeros}`` for the shared
+    representation (``sharing.zero_perturbations``), or None when the model
+    exposes none (only the representation path calls it).
   reg_grad: ``params -> grads`` of the regularizer alone (the Jacobian path
     adds it to the aggregated direction without another backward pass).
   """
