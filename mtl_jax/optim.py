@@ -51,6 +51,11 @@ def label_params(params, rules: Sequence[Tuple[str, Optional[float]]]) -> Tuple[
       uncovered.append(path)
   if uncovered:
     raise ValueError(f"param_groups cover no rule for {uncovered}; add a final ('.*', 1.0)")
+  used = {line.rsplit("(rule ", 1)[1][:-1] for line in log}
+  idle = [pattern for _, pattern, mult in compiled if mult is None and repr(pattern) not in used]
+  if idle:  # a freeze that freezes nothing is a typo, not a no-op
+    raise ValueError(f"param_groups freeze rules {idle} match no parameter (or only ones an "
+                     f"earlier rule took); paths look like {list(flat)[:6]}")
   return paths.unflatten(labels), log
 
 

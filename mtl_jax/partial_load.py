@@ -52,6 +52,10 @@ def merge_params(fresh, loaded: Dict[str, np.ndarray], load: str = ".*",
   load_re = re.compile(load)
   skip_re = re.compile(skip) if skip else None
   flat = paths.flatten(fresh)
+  # A pattern that selects nothing is a typo, not a request to load nothing.
+  paths.require_match(fresh, load, "init_from.load")
+  if skip:
+    paths.require_match(fresh, skip, "init_from.skip")
   out, report, problems = {}, {"loaded": [], "fresh": [], "unused": []}, []
   for path, value in flat.items():
     selected = load_re.fullmatch(path) and not (skip_re and skip_re.fullmatch(path))
@@ -73,9 +77,9 @@ def merge_params(fresh, loaded: Dict[str, np.ndarray], load: str = ".*",
   return paths.unflatten(out), report
 
 
-def path_mask(tree, paths) -> Any:
-  """A bool tree: True at the leaves whose path is in ``paths``."""
-  wanted = set(paths)
+def path_mask(tree, selected) -> Any:
+  """A bool tree: True at the leaves whose path is in ``selected``."""
+  wanted = set(selected)
   return paths.unflatten({k: k in wanted for k in paths.flatten(tree)})
 
 

@@ -24,8 +24,11 @@ def test_first_full_match_wins():
   assert flat["trunk/block_0/Dense_0/kernel"] == "frozen"
   assert flat["heads/binary_1/kernel"] == "lr_x0.1"
   assert len(log) == 4
-  # "trunk" alone does not fully match "trunk/block_0/...": full-match semantics.
-  labels, _ = optim.label_params(PARAMS, [("trunk", None), (".*", 1.0)])
+  # "trunk" alone does not fully match "trunk/block_0/...": full-match semantics, and a
+  # freeze rule that so freezes nothing is an error (it used to train the trunk silently).
+  with pytest.raises(ValueError, match=r"freeze rules \['trunk'\] match no parameter"):
+    optim.label_params(PARAMS, [("trunk", None), (".*", 1.0)])
+  labels, _ = optim.label_params(PARAMS, [("trunk", 0.5), (".*", 1.0)])
   assert _flat(labels)["trunk/block_0/Dense_0/kernel"] == "lr_x1"
 
 
@@ -79,3 +82,12 @@ def test_frozen_group_gets_no_optimizer_state():
   # Adam keeps mu and nu for the head only (+ scalar counts).
   assert head_size * 2 <= sizes < head_size * 2 + 8
   assert isinstance(optax.tree.norm(state), jax.Array)
+
+
+def test_a_freeze_rule_that_freezes_nothing_is_an_error():
+  import jax.numpy as jnp
+  params = {"trunk": {"k": jnp.zeros(2)}, "heads": {"k": jnp.zeros(2)}}
+  with pytest.raises(ValueError, match=r"freeze rules \['trnk/.\*'\] match no parameter"):
+    optim.label_params(params, [("trnk/.*", None), (".*", 1.0)])
+  labels, _ = optim.label_params(params, [("trunk/.*", None), (".*", 1.0)])
+  assert labels["trunk"]["k"] == optim.FROZEN

@@ -59,6 +59,20 @@ def test_init_from_in_training_with_frozen_trunk(upstream, tmp_path, capsys):
                                 loaded["trunk/block_1/Dense_0/kernel"])
 
 
+def test_init_from_with_replicas_gives_every_seed_the_pretrained_trunk(upstream, tmp_path):
+  c = _downstream(upstream, load="trunk/.*")
+  c.num_seeds = 2
+  workdir = str(tmp_path / "seeds")
+  train.train_and_evaluate(c, workdir)
+  final = _flat(train.final_params(workdir))
+  loaded = partial_load.load_checkpoint_params(upstream)
+  for r in range(2):  # frozen trunk: each replica holds exactly the upstream's
+    np.testing.assert_array_equal(final["trunk/block_1/Dense_0/kernel"][r],
+                                  loaded["trunk/block_1/Dense_0/kernel"])
+  heads = final["heads/binary_1/kernel"]
+  assert not np.array_equal(heads[0], heads[1])  # fresh heads: own init per seed
+
+
 def test_shape_mismatch_names_paths_and_shapes(upstream, tmp_path):
   c = _downstream(upstream, load=".*")  # heads differ: multiclass_10 vs binary_1
   with pytest.raises(partial_load.CheckpointMismatchError,
@@ -74,3 +88,19 @@ def test_shape_mismatch_names_paths_and_shapes(upstream, tmp_path):
 def test_missing_checkpoint_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
     partial_load.load_checkpoint_params(str(tmp_path))
+
+
+def test_load_or_skip_that_selects_nothing_is_an_error():
+  import jax.numpy as jnp
+  fresh = {"trunk": {"k": jnp.zeros(2)}, "heads": {"k": jnp.zeros(2)}}
+  loaded = {"trunk/k": np.ones(2), "heads/k": np.ones(2)}
+  with pytest.raises(ValueError, match=r"init_from.load 'trnk/.\*' matches no parameter; paths look like \['trunk/k'"):
+    partial_load.merge_params(fresh, loaded, load="trnk/.*")
+  with pytest.raises(ValueError, match=r"init_from.skip 'head/.\*' matches no parameter"):
+    partial_load.merge_params(fresh, loaded, load=".*", skip="head/.*")
+
+
+def test_path_mask_marks_the_selected_leaves():
+  import jax.numpy as jnp
+  mask = partial_load.path_mask({"a": {"b": jnp.zeros(1), "c": jnp.zeros(1)}}, ["a/c"])
+  assert mask == {"a": {"b": False, "c": True}}
