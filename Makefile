@@ -50,6 +50,7 @@ bench: $(TEST_STAMP)
 	$(PY) benchmarks/soft_vs_separate_step_time.py
 	$(PY) benchmarks/mixing_input.py
 	$(PY) benchmarks/num_seeds_time.py
+	$(PY) benchmarks/sharding_step_time.py
 	# Against PyTorch (torchjd, a LibMTL-style loop), both sides on one thread:
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
 	  $(PY) benchmarks/weighting_vs_torch.py --torch-threads 1

@@ -19,7 +19,7 @@ BENCH = os.path.join(ROOT, "benchmarks")
 SCRIPTS = {"many_tasks_step_time": ("--steps", "1"), "frozen_trunk_step_time": ("--steps", "1"),
            "weighting_step_time": ("--steps", "1"), "cached_probe_epoch_time": (),
            "soft_vs_separate_step_time": ("--steps", "1"), "num_seeds_time": (),
-           "weighting_scale": ()}
+           "weighting_scale": (), "sharding_step_time": ("--steps", "1")}
 # Seconds per script (default 180): num_seeds_time starts two fresh training processes.
 TIMEOUTS = {"num_seeds_time": 300}
 
@@ -175,3 +175,12 @@ def test_weighting_scale_json(outputs):
   for key, found in out["t_by_p_buffer"].items():
     if "jacobian/mean" in found:
       assert found["jacobian/mean"] and not found["gramian/mean"], key
+
+
+def test_sharding_step_time_json(outputs):
+  out = _parse(outputs, "sharding_step_time")
+  assert set(out["step_time_ms"]) == {"replicated", "fsdp", "tensor_parallel"}
+  assert all(_positive(v) for v in out["step_time_ms"].values())
+  pd = out["per_device"]
+  # FSDP holds less than a replica per device (what the layout is for).
+  assert pd["fsdp"]["param_bytes_device0"] < 0.5 * pd["replicated"]["param_bytes_device0"]

@@ -1,0 +1,110 @@
+"""Step time of FSDP and tensor-parallel parameter sharding against replicated parameters.
+
+Runs itself in a child process with ``--devices`` simulated CPU devices (the
+device count is fixed when JAX starts). One hard-shared MLP with 8 binary
+tasks; per layout the library's own jitted step (``mtl_jax.run.setup``
+shardings via ``build_program``) is timed interleaved with the others. On a
+CPU the "devices" share the same cores and memory, so sharding can only add
+collective overhead here: the ratio says what the layout costs, not what it
+saves on an accelerator pod (per-device parameter bytes are reported too).
+
+Prints one JSON object on stdout.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAYOUTS = {"replicated": ("replicated", 1), "fsdp": ("fsdp", 1),
+           "tensor_parallel": ("tensor_parallel", 2)}
+
+
+def child(args):
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  sys.path.insert(0, HERE)
+  sys.path.insert(0, os.path.dirname(HERE))
+  import common
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from mtl_jax import parallel, sharding
+  from mtl_jax.run import build_program
+
+  width, batch = (64, 64) if args.quick else (args.width, args.batch)
+  config = {"tasks": common.binary_tasks(8),
+            "model": {"sharing": "hard", "trunk": {"name": "mlp", "features": (width, width)}},
+            "optimizer": {"name": "adam", "learning_rate": 1e-3}, "batch_size": batch,
+            "input_shape": (width,)}
+  timers, per_device = {}, {}
+  batch_arrays = None
+  for name, (preset, model) in LAYOUTS.items():
+    mesh = parallel.make_mesh(None, model)
+    cfg = common._config_dict(config, 0)  # noqa: SLF001 -- the benchmark's own helper
+    cfg.sharding = preset
+    program = build_program(cfg, np.zeros((1, width), np.float32), mesh)
+    built = common.Built(program, (width,), batch, config)
+    if batch_arrays is None:
+      batch_arrays = common.random_batch(built.specs, batch, (width,))
+    data = jax.device_put(batch_arrays, NamedSharding(mesh, P(parallel.DATA_AXIS)))
+    state_sh = sharding.state_shardings(program.state, mesh)
+
+    class Timer(common.StepTimer):
+      def __init__(self, built, batch):  # the setup's shardings, not StepTimer's defaults
+        import time
+        jitted = jax.jit(built.step_fn, in_shardings=(state_sh, NamedSharding(mesh, P("data"))),
+                         out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=0)
+        t0 = time.perf_counter()
+        self.compiled = jitted.lower(built.state, batch).compile()
+        self.lower_s, self.compile_s = 0.0, time.perf_counter() - t0
+        self.state = jax.tree.map(lambda x: x.copy(), built.state)
+        self.batch = batch
+
+    timers[name] = Timer(built, data)
+    per_device[name] = {"param_bytes_device0": sharding.per_device_bytes(program.state.params),
+                        "param_bytes_total": sum(x.nbytes for x in
+                                                 jax.tree.leaves(program.state.params))}
+  times = common.time_interleaved_each(timers, args.repeats, {n: args.steps for n in timers})
+  s = {n: v["samples_ms"] for n, v in times.items()}
+  print(json.dumps({
+      "step_time_ms": {n: round(v["median_ms"], 3) for n, v in times.items()},
+      "ratio_vs_replicated": {n: round(common.paired_ratio(s[n], s["replicated"]), 3)
+                              for n in s if n != "replicated"},
+      "per_device": per_device}))
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--devices", type=int, default=8)
+  ap.add_argument("--width", type=int, default=1024)
+  ap.add_argument("--batch", type=int, default=256)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  if args.child:
+    return child(args)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(args.devices),
+         "--width", str(args.width), "--batch", str(args.batch), "--repeats", str(args.repeats),
+         "--steps", str(args.steps)] + (["--quick"] if args.quick else [])
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  if proc.returncode:
+    sys.stderr.write(proc.stderr[-5000:])
+    raise SystemExit(proc.returncode)
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  sys.path.insert(0, HERE)
+  import common
+  common.emit({"benchmark": "sharding_step_time",
+               "config": {"devices": args.devices, "width": args.width, "batch": args.batch,
+                          "tasks": 8, "repeats": args.repeats, "steps": args.steps,
+                          "quick": args.quick, "backend": "cpu (simulated devices)"},
+               **out})
+
+
+if __name__ == "__main__":
+  main()
