@@ -41,7 +41,7 @@ def _leaves(inputs):
           for path, x in flat}
 
 
-def check_splits(splits: Mapping[str, ArrayDataset], chunk_size: int = 1024) -> None:
+def check_splits(splits: Mapping[str, ArrayDataset], chunk_size: int = 256) -> None:
   """Raises DataCheckError naming the split, the example index and the offending key.
 
   Splits are read chunk by chunk (``streaming.chunks``): an ArrayDataset is

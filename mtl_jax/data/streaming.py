@@ -33,6 +33,9 @@ from mtl_jax.data.base import DATASETS, ArrayDataset, DataSplits
 from mtl_jax.registry import Registry
 
 DECODERS = Registry("decoder")
+# Random access, no read-ahead buffers or reader threads: memory stays what a batch needs
+# (the default reader also opens a thread pool, which blocks under a tight RLIMIT_AS).
+_READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
 
 
 class CorruptRecordError(ValueError):
@@ -69,7 +72,7 @@ class ArrayRecordSource(RecordSource):
     counts = []
     for p in self.paths:
       try:
-        r = array_record_module.ArrayRecordReader(p)
+        r = array_record_module.ArrayRecordReader(p, _READER_OPTIONS)
         counts.append(r.num_records())
         r.close()
       except Exception as e:  # noqa: BLE001 -- re-raised with the file name
@@ -100,7 +103,7 @@ class ArrayRecordSource(RecordSource):
   def _reader(self, f: int):
     if f not in self._readers:
       self._readers[f] = self._module.ArrayRecordReader(
-          self.paths[f], "readahead_buffer_size:0")
+          self.paths[f], _READER_OPTIONS)
     return self._readers[f]
 
   def read(self, indices: Sequence[int]) -> List[bytes]:
@@ -181,7 +184,7 @@ def is_streaming(dataset) -> bool:
   return isinstance(dataset, StreamingDataset)
 
 
-def chunks(dataset, size: int = 1024) -> Iterator[tuple]:
+def chunks(dataset, size: int = 256) -> Iterator[tuple]:
   """(offset, batch dict) over the whole split; an ArrayDataset is one chunk (no copy)."""
   if isinstance(dataset, ArrayDataset):
     yield 0, {"inputs": dataset.inputs, "labels": dataset.labels, "mask": dataset.mask}
@@ -190,7 +193,7 @@ def chunks(dataset, size: int = 1024) -> Iterator[tuple]:
     yield start, dataset.take(np.arange(start, min(start + size, len(dataset))))
 
 
-def materialize(dataset, chunk_size: int = 1024) -> ArrayDataset:
+def materialize(dataset, chunk_size: int = 256) -> ArrayDataset:
   """The whole split in memory (``in_memory=True``)."""
   parts = [b for _, b in chunks(dataset, chunk_size)]
   b = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
