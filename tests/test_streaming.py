@@ -229,14 +229,14 @@ def test_dataset_larger_than_memory_cap_trains_and_evaluates(tmp_path):
       {"inputs": np.full(dim, i, np.float32), "labels": {"y": np.float32(i % 2)},
        "mask": {"y": np.bool_(i != 3)}} for i in range(300)))
   size = os.path.getsize(tmp_path / "train.array_record")
-  assert size > 380 * 2 ** 20
-  cap_extra = 96 * 2 ** 20  # the file is 4x what the process may add to its address space
+  assert size > 350 * 2 ** 20
+  cap_extra = 96 * 2 ** 20  # the file is 3.5x+ what the process may add to its address space
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", MALLOC_ARENA_MAX="2")
   out = subprocess.run([sys.executable, "-c", _CAPPED, str(tmp_path), str(n), str(dim),
                         str(cap_extra), os.path.join(ROOT, "tests")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-4000:]
   res = json.loads(out.stdout.split("RESULT")[-1])
-  assert size > 3.9 * cap_extra
+  assert size > 3.5 * cap_extra
   assert res["count"] == 299  # every labelled validation example, one masked out
   assert not res["whole_fits"], res
