@@ -98,7 +98,7 @@ def measure(kind, data, batch, n, workers_list):
         train.source, train.decode, train.task_names, num_workers=w)) for w in workers_list]
     for name, ds in variants:
       feed = TrainFeed(ds, batch, seeds)
-      for _ in range(2):  # workers started and warm
+      for _ in range(10):  # workers started (a spawned process imports jax) and warm
         feed.next_local()
       t0 = time.perf_counter()
       for _ in range(n):
