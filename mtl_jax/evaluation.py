@@ -23,14 +23,32 @@ def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: 
              replicas: Optional[Replicas] = None) -> Tuple[Results, List[Results]]:
   """({task: {metric: value}} averaged over replicas, the per-replica list).
 
-  Metrics are computed once over every labelled example of ``dataset``.
+  Metrics are computed once over every labelled example of ``dataset``. A
+  streaming split is read batch by batch; only the model outputs and the
+  labels and masks are kept (the inputs never are).
   """
   replicas = replicas or Replicas(1, 0)
   chunks = []
+  in_memory = isinstance(dataset, ArrayDataset)
+  targets = []
   for batch in eval_batches(dataset, batch_size, jax.process_index(), jax.process_count()):
     out = eval_fn(params, parallel.shard_batch(batch["inputs"], mesh))
     chunks.append(parallel.fetch(out))
+    if not in_memory:  # this process's rows; gathered whole below
+      targets.append({"labels": batch["labels"], "mask": batch["mask"]})
   n = len(dataset)
+  if in_memory:
+    labels, mask = dataset.labels, dataset.mask
+  else:
+    t = jax.tree.map(lambda *xs: np.concatenate(xs), *targets)
+    if jax.process_count() > 1:  # every process's slice of each batch, in batch order
+      from jax.experimental import multihost_utils
+      t = multihost_utils.process_allgather(
+          jax.tree.map(lambda x: x.reshape(-1, batch_size // jax.process_count(),
+                                           *x.shape[1:]), t))
+      t = jax.tree.map(lambda x: np.swapaxes(x, 0, 1).reshape(-1, *x.shape[3:]), t)
+    labels = {k: v[:n] for k, v in t["labels"].items()}
+    mask = {k: v[:n] for k, v in t["mask"].items()}
   # Outputs are [(replicas,) T_g, batch, ...]: concatenate and trim the batch axis.
   axis = 2 if replicas.stacked else 1
   stacked = {k: np.concatenate([c[k] for c in chunks], axis=axis) for k in chunks[0]}
@@ -38,8 +56,8 @@ def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: 
   per_replica = []
   for outputs in replicas.unstack(stacked):
     per_task = outputs_by_task(groups, outputs)
-    per_replica.append({s.name: metrics.task_metrics(s, per_task[s.name], dataset.labels[s.name],
-                                                     dataset.mask[s.name]) for s in specs})
+    per_replica.append({s.name: metrics.task_metrics(s, per_task[s.name], labels[s.name],
+                                                     mask[s.name]) for s in specs})
   return aggregate_replicas(per_replica), per_replica
 
 

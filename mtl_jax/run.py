@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers,
@@ -17,7 +18,7 @@ from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regu
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
 from mtl_jax.data.checks import check_splits
-from mtl_jax.data import mixing
+from mtl_jax.data import mixing, streaming
 from mtl_jax.data.feed import TrainFeed
 from mtl_jax.models import build_model
 from mtl_jax.models.sharing import layout as sharing_layout
@@ -138,7 +139,11 @@ class Run:
 
 
 def load_splits(config, specs) -> Dict[str, Any]:
-  """The configured dataset's splits, labels checked, restricted to the configured tasks."""
+  """The configured dataset's splits, labels checked, restricted to the configured tasks.
+
+  A streaming split (``data/streaming.py``) is checked chunk by chunk, never
+  read whole; an ArrayDataset is one chunk.
+  """
   data = build_dataset(config.data)
   names = [s.name for s in specs]
   splits = {}
@@ -146,7 +151,8 @@ def load_splits(config, specs) -> Dict[str, Any]:
     ds = getattr(data, split)
     if ds is None:
       continue
-    tasks.validate_batch(specs, ds.labels, ds.mask, inputs=ds.inputs)
+    for _, chunk in streaming.chunks(ds):
+      tasks.validate_batch(specs, chunk["labels"], chunk["mask"], inputs=chunk["inputs"])
     splits[split] = ds.select_tasks(names)
   check_splits(splits)
   return splits
@@ -189,7 +195,7 @@ def setup(config, workdir: str, mesh=None) -> Run:
   parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   resume = checkpointer.latest_step() is not None
-  sample = jax.tree.map(lambda x: x[:1], sources[0].splits["train"].inputs)
+  sample = sources[0].splits["train"].take(np.arange(1))["inputs"]
   program = build_program(config, sample, mesh, load_pretrained=not resume, verbose=is_main)
   replicas = program.replicas
   if phases:

@@ -12,3 +12,4 @@ from mtl_jax.data import related_regression  # noqa: F401
 from mtl_jax.data import glue  # noqa: F401
 from mtl_jax.data import glue_tfds  # noqa: F401
 from mtl_jax.data import celeb_a  # noqa: F401
+from mtl_jax.data import streaming  # noqa: F401

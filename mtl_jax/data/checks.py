@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from mtl_jax.data.base import ArrayDataset
+from mtl_jax.data.streaming import chunks
 
 REQUIRED_NONEMPTY = ("train", "validation")
 
@@ -33,54 +34,69 @@ def _first_nonfinite(inputs: np.ndarray):
   return i, tuple(int(p) for p in pos), flat[i, j], int(bad.any(axis=1).sum())
 
 
-def check_splits(splits: Mapping[str, ArrayDataset]) -> None:
-  """Raises DataCheckError naming the split, the example index and the offending key."""
+def _leaves(inputs):
+  """{key: array}: 'inputs' for an array, 'inputs/<key>' for each entry of a dict."""
+  flat = jax.tree_util.tree_flatten_with_path(inputs)[0]
+  return {"/".join(["inputs"] + [str(getattr(k, "key", k)) for k in path]): np.asarray(x)
+          for path, x in flat}
+
+
+def check_splits(splits: Mapping[str, ArrayDataset], chunk_size: int = 256) -> None:
+  """Raises DataCheckError naming the split, the example index and the offending key.
+
+  Splits are read chunk by chunk (``streaming.chunks``): an ArrayDataset is
+  one chunk, a streaming split ``chunk_size`` decoded examples at a time, so
+  data on disk is checked without ever being in memory whole.
+  """
   for name in REQUIRED_NONEMPTY:
     if name not in splits or splits[name] is None:
       raise DataCheckError(f"the data has no {name!r} split")
     if len(splits[name]) == 0:
       raise DataCheckError(f"split {name!r} has no examples (0 inputs)")
-  def leaves(inputs):
-    """{key: array}: 'inputs' for an array, 'inputs/<key>' for each entry of a dict."""
-    flat = jax.tree_util.tree_flatten_with_path(inputs)[0]
-    return {"/".join(["inputs"] + [str(getattr(k, "key", k)) for k in path]): np.asarray(x)
-            for path, x in flat}
-
-  train_leaves = leaves(splits["train"].inputs)
+  train_shapes = {k: x.shape[1:] for k, x in
+                  _leaves(splits["train"].take(np.arange(1))["inputs"]).items()}
+  labelled = {}
   for name, ds in splits.items():
     if ds is None:
       continue
-    split_leaves = leaves(ds.inputs)
-    if sorted(split_leaves) != sorted(train_leaves):
-      raise DataCheckError(f"split {name!r}: inputs have keys {sorted(split_leaves)}, but train "
-                           f"has {sorted(train_leaves)}")
-    for key, x in split_leaves.items():
-      shape, train_shape = tuple(x.shape[1:]), tuple(train_leaves[key].shape[1:])
-      if shape != train_shape:
-        raise DataCheckError(f"split {name!r}: key {key!r} has per-example shape {shape}, but "
-                             f"train has {train_shape} (full shapes {x.shape} vs "
-                             f"{train_leaves[key].shape})")
-      if np.issubdtype(x.dtype, np.inexact):
-        bad = _first_nonfinite(x)
-        if bad is not None:
-          i, pos, value, count = bad
-          raise DataCheckError(f"split {name!r}: key {key!r} of example {i} is {value} at "
-                               f"position {pos} ({count} examples have NaN/Inf inputs); metrics "
-                               f"on it would be NaN. Clean or drop these examples.")
-    for task, labels in ds.labels.items():
-      labels = np.asarray(labels)
-      if np.issubdtype(labels.dtype, np.inexact):
-        mask = np.asarray(ds.mask[task], bool)
-        # Per-position masks ([B, L]) cover labels [B, L, ...] entry by entry.
-        finite = np.isfinite(labels).reshape(labels.shape[:mask.ndim] + (-1,)).all(-1)
-        rows = np.flatnonzero((mask & ~finite).reshape(len(labels), -1).any(1))
-        if len(rows):
-          raise DataCheckError(f"split {name!r}: labels of task {task!r} of example "
-                               f"{int(rows[0])} are not finite ({len(rows)} labelled examples "
-                               f"are); mask them out or fix them")
-  train = splits["train"]
-  for task, mask in train.mask.items():
-    if not np.asarray(mask).any():
+    for offset, chunk in chunks(ds, chunk_size):
+      _check_chunk(name, chunk, offset, train_shapes)
+      if name == "train":
+        for task, mask in chunk["mask"].items():
+          labelled[task] = labelled.get(task, False) or bool(np.asarray(mask).any())
+  for task, any_label in labelled.items():
+    if not any_label:
       raise DataCheckError(f"split 'train': task {task!r} has no labelled example (all "
-                           f"{len(mask)} masked out, e.g. by a hide rate of 1): nothing to "
-                           f"train it on")
+                           f"{len(splits['train'])} masked out, e.g. by a hide rate of 1): "
+                           f"nothing to train it on")
+
+
+def _check_chunk(name: str, chunk: dict, offset: int, train_shapes: dict) -> None:
+  """The checks of one chunk of split ``name`` whose first example is ``offset``."""
+  split_leaves = _leaves(chunk["inputs"])
+  if sorted(split_leaves) != sorted(train_shapes):
+    raise DataCheckError(f"split {name!r}: inputs have keys {sorted(split_leaves)}, but train "
+                         f"has {sorted(train_shapes)}")
+  for key, x in split_leaves.items():
+    shape, train_shape = tuple(x.shape[1:]), tuple(train_shapes[key])
+    if shape != train_shape:
+      raise DataCheckError(f"split {name!r}: key {key!r} has per-example shape {shape}, but "
+                           f"train has {train_shape}")
+    if np.issubdtype(x.dtype, np.inexact):
+      bad = _first_nonfinite(x)
+      if bad is not None:
+        i, pos, value, count = bad
+        raise DataCheckError(f"split {name!r}: key {key!r} of example {offset + i} is {value} "
+                             f"at position {pos} ({count} examples have NaN/Inf inputs); "
+                             f"metrics on it would be NaN. Clean or drop these examples.")
+  for task, labels in chunk["labels"].items():
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.inexact):
+      mask = np.asarray(chunk["mask"][task], bool)
+      # Per-position masks ([B, L]) cover labels [B, L, ...] entry by entry.
+      finite = np.isfinite(labels).reshape(labels.shape[:mask.ndim] + (-1,)).all(-1)
+      rows = np.flatnonzero((mask & ~finite).reshape(len(labels), -1).any(1))
+      if len(rows):
+        raise DataCheckError(f"split {name!r}: labels of task {task!r} of example "
+                             f"{offset + int(rows[0])} are not finite ({len(rows)} labelled "
+                             f"examples are); mask them out or fix them")

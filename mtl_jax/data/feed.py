@@ -11,6 +11,11 @@ background thread, so the host work (sampling, gathering, the transfer)
 overlaps the running step instead of adding to it. The checkpointed state
 and the logged stats are those of the batches handed out, not of the ones
 prepared ahead, so resume stays bitwise.
+
+A streaming split (``data/streaming.py``) reads and decodes its records in
+``take``, i.e. in the prefetch thread; with ``num_workers > 0`` a
+``StreamingTrainIterator`` decodes in grain worker processes and the
+thread only stacks and transfers.
 """
 
 import queue
@@ -23,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mtl_jax import parallel
 from mtl_jax.data.pipeline import TrainIterator
+from mtl_jax.data.streaming import StreamingTrainIterator
 
 
 class TrainFeed:
@@ -38,6 +44,10 @@ class TrainFeed:
     self._batch_size = batch_size
     self._name = name
     self._size = None if dataset is None else len(dataset)
+    if make_iterator is None and getattr(dataset, "num_workers", 0):
+      # A streaming split decoded by grain worker processes (data/streaming.py).
+      make_iterator = lambda s: StreamingTrainIterator(  # noqa: E731
+          dataset, batch_size, s, jax.process_index(), jax.process_count(), dataset.num_workers)
     if make_iterator is None:
       make_iterator = lambda s: TrainIterator(dataset, batch_size, s, jax.process_index(),  # noqa
                                               jax.process_count())

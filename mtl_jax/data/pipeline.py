@@ -1,5 +1,9 @@
 """Input pipeline: deterministic, checkpointable batches from an ArrayDataset.
 
+Any dataset with ``len`` and ``take(idx) -> batch`` works: a
+``streaming.StreamingDataset`` reads and decodes only the records of each
+batch, so the same order, slices and state hold for data on disk.
+
 Inputs may be an array or a pytree (dict) of arrays: every leaf is indexed
 the same way, on axis 0.
 
