@@ -23,11 +23,8 @@ bfloat16 forward still gets float32 weights.
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.weighting.base import compute_dtype, gramian
 from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, per_task_grads
-
-
-def gramian_dtype(dtype):
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 def accumulate_gramian(per_task_tree, mask) -> jax.Array:
@@ -36,8 +33,8 @@ def accumulate_gramian(per_task_tree, mask) -> jax.Array:
   for g, m in zip(jax.tree.leaves(per_task_tree), jax.tree.leaves(mask)):
     if not m:
       continue
-    g = g.reshape(g.shape[0], -1).astype(gramian_dtype(g.dtype))
-    block = jnp.matmul(g, g.T, precision=jax.lax.Precision.HIGHEST)
+    g = g.reshape(g.shape[0], -1)
+    block = gramian(g.astype(compute_dtype(g.dtype)))
     gram = block if gram is None else gram + block
   return gram
 

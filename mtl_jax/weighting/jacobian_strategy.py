@@ -10,8 +10,8 @@ gets its own task's plain gradient, from one backward pass with cotangent 1
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.weighting.base import GramianWeighted, gramian
-from mtl_jax.weighting.gramian_strategy import gram_stats, gramian_dtype, select
+from mtl_jax.weighting.base import GramianWeighted, compute_dtype, gramian
+from mtl_jax.weighting.gramian_strategy import gram_stats, select
 from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, flatten_rows, per_task_grads
 
 
@@ -44,7 +44,7 @@ class JacobianStrategy(WeightingStrategy):
     (wl, (per_task, reg)), vjp_fn = problem.vjp(params)
     per_task_g = per_task_grads(vjp_fn, self.num_tasks, wl.dtype, reg.dtype)
     jac = flatten_rows(per_task_g, self.shared_mask)
-    jac = jac.astype(gramian_dtype(jac.dtype))  # weights and the direction in float32 at least
+    jac = jac.astype(compute_dtype(jac.dtype))  # weights and the direction in float32 at least
     gram = gramian(jac)
     if isinstance(self.aggregator, GramianWeighted):
       weights = self.aggregator.weights(gram, rng)
