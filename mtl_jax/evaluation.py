@@ -14,6 +14,7 @@ from mtl_jax import metrics, parallel
 from mtl_jax.data.base import ArrayDataset
 from mtl_jax.data.pipeline import eval_batches
 from mtl_jax.models import outputs_by_task
+from mtl_jax.models.heads import concat_batches
 from mtl_jax.replicas import Replicas
 
 Results = Dict[str, Dict[str, float]]
@@ -49,10 +50,7 @@ def evaluate(eval_fn, params, dataset: ArrayDataset, specs, groups, batch_size: 
       t = jax.tree.map(lambda x: np.swapaxes(x, 0, 1).reshape(-1, *x.shape[3:]), t)
     labels = {k: v[:n] for k, v in t["labels"].items()}
     mask = {k: v[:n] for k, v in t["mask"].items()}
-  # Outputs are [(replicas,) T_g, batch, ...]: concatenate and trim the batch axis.
-  axis = 2 if replicas.stacked else 1
-  stacked = {k: np.concatenate([c[k] for c in chunks], axis=axis) for k in chunks[0]}
-  stacked = {k: np.take(v, np.arange(n), axis=axis) for k, v in stacked.items()}
+  stacked = concat_batches(groups, chunks, n)  # padding rows dropped
   per_replica = []
   for outputs in replicas.unstack(stacked):
     per_task = outputs_by_task(groups, outputs)
@@ -75,7 +73,7 @@ def evaluate_sources(eval_fn, params, sources: Sequence, split: str, specs, grou
   One dataset gives exactly ``evaluate``'s result.
   """
   count = {s.name: sum(s.name in src.tasks for src in sources) for s in specs}
-  merged, merged_reps = {}, None
+  merged_reps = None
   for src in sources:
     ds = src.splits.get(split)
     if ds is None:
