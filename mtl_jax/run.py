@@ -71,7 +71,6 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   model = build_model(config.model, groups)
   replicas = Replicas(int(cfg("num_seeds")), int(cfg("seed")))
   put = (lambda tree: jax.device_put(tree, parallel.replicated(mesh))) if mesh else (lambda t: t)
-  jit_out = {}
   policy = precision.policy(config.model)
 
   def init(key):
@@ -79,9 +78,10 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
     return policy.cast_params(model.init(init_rng, sample_inputs)["params"]), state_rng
 
   # Parameter shardings (mtl_jax/sharding.py): replicated unless config.sharding says.
-  shapes = jax.eval_shape(replicas.vmap(init), replicas.keys())[0] if params is None else params
-  p_shard = (sharding.param_shardings(cfg("sharding"), shapes, mesh, replicas.stacked)
-             if mesh else None)
+  p_shard = None
+  if mesh:
+    shapes = jax.eval_shape(replicas.vmap(init), replicas.keys())[0] if params is None else params
+    p_shard = sharding.param_shardings(cfg("sharding"), shapes, mesh, replicas.stacked)
   put_params = (lambda tree: jax.device_put(tree, p_shard)) if mesh else (lambda t: t)
   if params is None:
     out = dict(out_shardings=(p_shard, parallel.replicated(mesh))) if mesh else {}
@@ -102,6 +102,7 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   if wrap_strategy is not None:
     strategy = wrap_strategy(strategy)
   opt_init = replicas.vmap(tx.init)
+  jit_out = {}
   if mesh:
     jit_out = dict(out_shardings=sharding.opt_state_shardings(
         jax.eval_shape(opt_init, params), p_shard, params, mesh))
@@ -188,10 +189,10 @@ def setup(config, workdir: str, mesh=None) -> Run:
   parallel.check_batch_size(config.batch_size, mesh)
   accum = int(cfg("grad_accum_steps"))
   data = parallel.data_size(mesh)
-  if accum < 1 or config.batch_size % (accum * data):
+  if config.batch_size % (accum * data):  # accum >= 1: config_validation
     raise ValueError(f"grad_accum_steps={accum}: batch_size={config.batch_size} must split into "
                      f"{accum} microbatches that each divide over the {data} devices "
-                     f"(batch_size % (grad_accum_steps * devices) == 0, grad_accum_steps >= 1)")
+                     f"(batch_size % (grad_accum_steps * devices) == 0)")
   parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   resume = checkpointer.latest_step() is not None
