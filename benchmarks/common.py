@@ -206,6 +206,36 @@ class StepTimer:
       return {}
 
 
+class FedStep:
+  """A ``Run``'s jitted train step, timed on one fixed batch (the step alone) or fed by a
+  ``TrainFeed`` (the step plus the input path); one state threads through both."""
+
+  def __init__(self, run, feed=None):
+    self.run = run
+    self.state, self.fixed = run.program.state, (feed or run.feed).next(run.mesh)
+    self.state, metrics = run.train_step(self.state, self.fixed)  # compile and warm up
+    block(metrics)
+
+  def seconds(self, n: int, feed=None) -> float:
+    """Seconds per step over ``n`` steps, on ``feed``'s batches or the fixed one."""
+    mesh, step = self.run.mesh, self.run.train_step
+    t0 = time.perf_counter()
+    for _ in range(n):
+      self.state, metrics = step(self.state, self.fixed if feed is None else feed.next(mesh))
+    block((self.state, metrics))
+    return (time.perf_counter() - t0) / n
+
+
+def host_batch_seconds(feed, n: int, warmup: int = 3) -> float:
+  """Seconds per host batch (NumPy, before the device transfer) of ``feed``."""
+  for _ in range(warmup):
+    feed.next_local()
+  t0 = time.perf_counter()
+  for _ in range(n):
+    feed.next_local()
+  return (time.perf_counter() - t0) / n
+
+
 def time_interleaved(timers: Mapping[str, StepTimer], repeats: int, steps_per_repeat: int,
                      warmup: int = 2) -> Dict[str, Dict[str, float]]:
   """Times several steps round-robin (so machine noise hits all alike).

@@ -19,13 +19,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
@@ -79,34 +77,19 @@ def measure(kind, data, batch, n, workers_list):
   rows = {}
   with tempfile.TemporaryDirectory() as tmp:
     run = setup(_config(kind, data, batch), tmp)
-    mesh, step, seeds = run.mesh, run.train_step, run.program.replicas.seeds
+    mesh, seeds = run.mesh, run.program.replicas.seeds
     train = run.splits["train"]
-    state, fixed = run.program.state, run.feed.next(mesh)
-    state, m = step(state, fixed)
-    common.block(m)
-
-    def loop(feed):
-      nonlocal state
-      t = time.perf_counter()
-      for _ in range(n):
-        state, m = step(state, feed.next(mesh) if feed else fixed)
-      common.block((state, m))
-      return (time.perf_counter() - t) / n
+    timer = common.FedStep(run)
 
     variants = [("in_memory", streaming.materialize(train))]
     variants += [(f"workers_{w}", streaming.StreamingDataset(
         train.source, train.decode, train.task_names, num_workers=w)) for w in workers_list]
     for name, ds in variants:
-      feed = TrainFeed(ds, batch, seeds)
-      for _ in range(10):  # workers started (a spawned process imports jax) and warm
-        feed.next_local()
-      t0 = time.perf_counter()
-      for _ in range(n):
-        feed.next_local()
-      host_s = (time.perf_counter() - t0) / n
+      # Warm-up: workers started (a spawned process imports jax) and warm.
+      host_s = common.host_batch_seconds(TrainFeed(ds, batch, seeds), n, warmup=10)
       feed = TrainFeed(ds, batch, seeds, prefetch=2)
       feed.next(mesh)
-      samples = [(loop(None), loop(feed)) for _ in range(3)]
+      samples = [(timer.seconds(n), timer.seconds(n, feed)) for _ in range(3)]
       feed.close()
       step_s = float(np.median([a for a, _ in samples]))
       fed_s = float(np.median([b for _, b in samples]))

@@ -61,54 +61,27 @@ def _mix_config(batches, batch_size, features):
   return c
 
 
-def next_iter(run, seed):
-  from mtl_jax.data import mixing
-  from mtl_jax.data.pipeline import TrainIterator
-  if not run.phases:
-    return TrainIterator(run.splits["train"], run.config.batch_size, seed)
-  mixed = mixing.mixing_options(run.config)["batches"] == "mixed"
-  return mixing.MixtureIterator(run.sources, run.phases, run.config.batch_size, seed, mixed)
-
-
 def input_path(batches, batch_size, features, n):
   from mtl_jax.run import setup
   with tempfile.TemporaryDirectory() as tmp:
     run = setup(_mix_config(batches, batch_size, features), tmp)
-    feed, mesh, step = run.feed, run.mesh, run.train_step
-    for _ in range(3):
-      feed.next_local()
-    t0 = time.perf_counter()
-    for _ in range(n):
-      feed.next_local()
-    host_s = (time.perf_counter() - t0) / n
+    feed, mesh = run.feed, run.mesh
+    host_s = common.host_batch_seconds(feed, n)
     t0 = time.perf_counter()
     for _ in range(n):
       common.block(feed.next(mesh))
     put_s = (time.perf_counter() - t0) / n
-    state, fixed = run.program.state, feed.next(mesh)
-    state, m = step(state, fixed)
-    common.block(m)
-
-    def loop(real):
-      nonlocal state
-      t = time.perf_counter()
-      for _ in range(n):
-        state, m = step(state, feed.next(mesh) if real else fixed)
-      common.block((state, m))
-      return (time.perf_counter() - t) / n
-
-    samples = [(loop(False), loop(True)) for _ in range(3)]
+    timer = common.FedStep(run)
+    samples = [(timer.seconds(n), timer.seconds(n, feed)) for _ in range(3)]
     step_s = float(np.median([a for a, _ in samples]))
     loop_s = float(np.median([b for _, b in samples]))
     stats = feed.stats()
     # The same loop with batches prepared ahead in a thread (TrainFeed prefetch=2).
-    from mtl_jax.data.feed import TrainFeed
-    feed = TrainFeed(None if run.phases else run.splits["train"], batch_size,
-                     run.program.replicas.seeds, lambda s: next_iter(run, s), prefetch=2)
+    feed = feed.restarted(prefetch=2)
     pre = []
     for _ in range(3):
-      loop(False)
-      pre.append(loop(True))
+      timer.seconds(n)
+      pre.append(timer.seconds(n, feed))
     feed.close()
     prefetch_s = float(np.median(pre))
   return {"batch_prep_ms": round(1e3 * host_s, 4), "batch_prep_and_put_ms": round(1e3 * put_s, 4),

@@ -51,7 +51,13 @@ class TrainFeed:
     if make_iterator is None:
       make_iterator = lambda s: TrainIterator(dataset, batch_size, s, jax.process_index(),  # noqa
                                               jax.process_count())
+    self._dataset, self._seeds, self._make_iterator = dataset, tuple(seeds), make_iterator
     self.iterators = [make_iterator(s) for s in seeds]
+
+  def restarted(self, prefetch: int = 0) -> "TrainFeed":
+    """A new feed over the same data and seeds from the first batch (e.g. with prefetching)."""
+    return TrainFeed(self._dataset, self._batch_size, self._seeds, self._make_iterator,
+                     self._name, prefetch)
 
   def sharding(self, mesh) -> NamedSharding:
     spec = P(None, parallel.DATA_AXIS) if self.stacked else P(parallel.DATA_AXIS)
