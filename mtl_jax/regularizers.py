@@ -6,7 +6,7 @@ scalar``; the loss adds ``weight * fn(...)``. ``select`` is a full-match
 regex on ``/``-joined parameter paths, like param_groups.
 """
 
-from typing import Any, Dict, List
+from typing import Any, List
 
 import jax
 import jax.numpy as jnp

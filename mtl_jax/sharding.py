@@ -20,7 +20,7 @@ or sharding (orbax restores onto the current state's shardings).
 """
 
 import re
-from typing import Any, Sequence, Tuple
+from typing import Tuple
 
 import jax
 import numpy as np

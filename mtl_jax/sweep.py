@@ -28,7 +28,6 @@ import subprocess
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from mtl_jax import train
 from mtl_jax.metrics import mean_se  # noqa: F401  (re-exported for studies)
