@@ -1,6 +1,8 @@
-"""Shared test helpers: tiny configs that train in seconds on CPU."""
+"""Shared test helpers: tiny configs that train in seconds on CPU, and benchmark smoke runs."""
 
+import json
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -49,3 +51,26 @@ def train_upstream(workdir: str, steps: int) -> str:
   c.num_train_steps = steps
   train.train_and_evaluate(c, workdir)
   return workdir
+
+
+def benchmark_env() -> dict:
+  """Environment for a benchmark script run by a test: the repository on PYTHONPATH, the CPU
+  backend and cheap XLA codegen. Plumbing only: real measurements run without these."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                      " --xla_llvm_disable_expensive_passes=true").strip()
+  return env
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> dict:
+  """Runs ``benchmarks/<script>`` with ``args``; returns the one JSON object it prints."""
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                        cwd=ROOT, env=benchmark_env(), capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, f"{script} exited {proc.returncode}; stderr:\n{proc.stderr[-3000:]}"
+  try:
+    return json.loads(proc.stdout)  # stdout must be exactly one JSON object
+  except json.JSONDecodeError as e:
+    raise AssertionError(f"{script}: stdout is not one JSON object ({e}):\n{proc.stdout[:2000]}")

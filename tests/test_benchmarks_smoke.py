@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from conftest import benchmark_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 # Script -> extra arguments (after --quick --repeats 2).
@@ -27,13 +29,7 @@ TIMEOUTS = {"num_seeds_time": 300}
 @pytest.fixture(scope="module")
 def outputs():
   """Runs the scripts at once (they are mostly compile time) and collects their output."""
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  # Plumbing only: the CPU backend with cheap XLA codegen keeps compile time (most of a
-  # --quick run) low. Real measurements run the scripts without these.
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                      " --xla_llvm_disable_expensive_passes=true").strip()
+  env = benchmark_env()  # cheap XLA codegen: compile time is most of a --quick run
   procs = {name: subprocess.Popen(
       [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--repeats", "2", *extra],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,19 +1,10 @@
 """benchmarks/mixing_input.py --quick runs and reports consistent numbers."""
 
-import json
-import os
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import run_benchmark
 
 
 def test_mixing_input_benchmark_quick():
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "benchmarks/mixing_input.py", "--quick"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  res = json.loads(out.stdout)
+  res = run_benchmark("mixing_input.py", "--quick")
   assert res["benchmark"] == "mixing_input"
   for mode in ("mixed",):
     r = res["input"][mode]

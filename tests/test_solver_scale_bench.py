@@ -2,25 +2,11 @@
 timed (positive) and whose ratios are the ratios of those times. The targets are measured by
 the full run (docs/weighting.md), never asserted on a shared CI machine."""
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_benchmark
 
 
 def test_solver_scale_quick():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "benchmarks", "solver_scale.py"), "--quick",
-       "--repeats", "2", "--before", ""], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  res = json.loads(proc.stdout)
+  res = run_benchmark("solver_scale.py", "--quick", "--repeats", "2", "--before", "")
   assert res["benchmark"] == "solver_scale"
   for t, rows in res["time_ms"].items():
     assert {"gramian", "mean", "weights/upgrad", "jacobian/cagrad"} <= set(rows), rows

@@ -3,25 +3,13 @@
 Speed targets are measured by full runs (``make bench``), never asserted here.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_benchmark
 
 
 def _run(script, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick",
-                         "--repeats", "2", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=240)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout)
+  return run_benchmark(script, "--quick", "--repeats", "2", *args, timeout=240)
 
 
 def test_encoder_step_time_quick():

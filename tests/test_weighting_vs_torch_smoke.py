@@ -5,19 +5,15 @@ The goals (ratios against torchjd and the loop) are measured by full runs, never
 asserted here: a shared CI machine is too noisy for that.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
+
+from conftest import run_benchmark
 
 pytest.importorskip("torch")
 pytest.importorskip("torchjd")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "weighting_vs_torch.py")
 SIDES = ("mtl_jax", "torchjd_autogram", "torchjd_autojac", "loop")
 
 
@@ -27,19 +23,7 @@ def _positive(x):
 
 @pytest.fixture(scope="module")
 def result():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  # Plumbing only (as tests/test_benchmarks_smoke.py): cheap XLA codegen for a smoke run.
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                      " --xla_llvm_disable_expensive_passes=true").strip()
-  proc = subprocess.run([sys.executable, SCRIPT, "--quick"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, f"exit {proc.returncode}; stderr:\n{proc.stderr[-3000:]}"
-  try:
-    return json.loads(proc.stdout)  # stdout must be exactly one JSON object
-  except json.JSONDecodeError as e:
-    raise AssertionError(f"stdout is not one JSON object ({e}):\n{proc.stdout[:2000]}")
+  return run_benchmark("weighting_vs_torch.py", "--quick")
 
 
 def test_keys_and_config(result):
