@@ -9,19 +9,20 @@ uniform draw per coordinate from `rng`. Rows may leak through with
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.reductions import leading_sum
 from mtl_jax.weighting.base import AGGREGATORS, Aggregator, require_rng
 
 
 def graddrop_from_uniform(jacobian: jax.Array, uniform: jax.Array, f=None, leak=None):
   """GradDrop with the per-coordinate uniform draws given ([P]); f maps purity (identity)."""
   t = jacobian.shape[0]
-  total = jnp.sum(jnp.abs(jacobian), axis=0)
-  purity = 0.5 * (1.0 + jnp.sum(jacobian, axis=0) / jnp.where(total > 0, total, 1.0))
+  total = leading_sum(jnp.abs(jacobian))  # a GEMV: see mtl_jax/reductions.py
+  purity = 0.5 * (1.0 + leading_sum(jacobian) / jnp.where(total > 0, total, 1.0))
   fp = purity if f is None else f(purity)
   keep = ((fp > uniform) & (jacobian > 0)) | ((fp < uniform) & (jacobian < 0))
   leak = jnp.zeros((t,), jacobian.dtype) if leak is None else jnp.asarray(leak, jacobian.dtype)
   mask = leak[:, None] + (1.0 - leak[:, None]) * keep.astype(jacobian.dtype)
-  return jnp.sum(mask * jacobian, axis=0)
+  return leading_sum(mask * jacobian)
 
 
 @AGGREGATORS.register("graddrop")
