@@ -3,10 +3,18 @@
 For an aggregator whose weights depend only on G = J Jᵀ (``GramianWeighted``),
 the update of the shared parameters is wᵀJ = ∇(Σ_t w_t L_t). So:
 
-1. per-task gradients of the shared parameters from one forward pass and a
-   vmap over T cotangents of its VJP, each leaf's [T, p] block contracted to
-   [T, T] as soon as it exists (XLA frees the block; nothing of size T x P
-   is kept or concatenated);
+1. G, by one of two engines (``weighting.gramian_engine``):
+   * ``"leaf"`` (default, the fastest): per-task gradients of the shared
+     parameters from one forward pass and a vmap over T cotangents of its
+     VJP, each leaf's [T, p] block contracted to [T, T]. Nothing of size
+     T x P is concatenated, but XLA keeps the blocks of all leaves alive at
+     once, so the scratch still grows like T x P (about 23x EW's at T = 32;
+     ``benchmarks/weighting_scale.py``).
+   * ``"rows"``: row s of G is J g_s, the JVP of the T losses along task s's
+     gradient g_s; the rows are mapped ``gramian_chunk`` at a time, so the
+     scratch is about that many gradients (1.4x EW's on a 10M-parameter
+     trunk at T = 32), for about 1.5x the time of "leaf" on CPU.
+   Both are exact, with or without gradient accumulation.
 2. w = aggregator.weights(G);
 3. one backward pass with cotangent w for the shared parameters, and one
    with cotangent 1 for the task-specific ones.
@@ -50,15 +58,68 @@ def select(mask, if_true, if_false):
   return jax.tree.map(lambda m, a, b: a if m else b, mask, if_true, if_false)
 
 
+ENGINES = ("leaf", "rows")
+
+
+def gramian_by_rows(problem: LossProblem, params, mask, num_tasks: int, chunk: int = 1):
+  """G row by row: g_s = VJP(e_s), then row s = J g_s, the JVP of the T losses along g_s.
+
+  ``lax.map`` over the tasks, ``chunk`` rows vmapped at a time, so the
+  scratch is about ``chunk`` gradients (O(chunk x P)), not T of them, for
+  twice the backward work of the vmapped path. One linearization serves the
+  rows and the final weighted passes; exact under gradient accumulation,
+  weight tying and lifted transforms, since it only uses J's products.
+  Returns (G, the forward's outputs, vjp_fn), the outputs and vjp_fn as
+  ``problem.vjp`` gives them.
+  """
+  def primal(p):
+    wl, (per_task, reg) = problem.weighted(p)
+    return (wl, reg), per_task
+
+  (wl, reg), jvp_fn, per_task = jax.linearize(primal, params, has_aux=True)
+  transpose = jax.linear_transpose(jvp_fn, params)
+
+  def vjp_fn(cotangent):
+    return transpose(cotangent)
+  zero_reg = jnp.zeros((), reg.dtype)
+  dtype = compute_dtype(wl.dtype)
+
+  def row(e):
+    g = vjp_fn((e, zero_reg))[0]
+    g = jax.tree.map(lambda x, m: x if m else jnp.zeros_like(x), g, mask)
+    return jvp_fn(g)[0].astype(dtype)
+
+  eye = jnp.eye(num_tasks, dtype=wl.dtype)
+  gram = jax.lax.map(row, eye, batch_size=min(chunk, num_tasks) if chunk > 1 else None)
+  return 0.5 * (gram + gram.T), (wl, (per_task, reg)), vjp_fn
+
+
 class GramianStrategy(WeightingStrategy):
+  """``engine="leaf"`` (default, fastest): one vmapped VJP of the shared leaves, each
+  [T, p] block contracted (XLA's scratch grows like T x P). ``engine="rows"``:
+  :func:`gramian_by_rows`, O(chunk x P) scratch for about twice the backward work."""
 
-  def __init__(self, aggregator, num_tasks: int, shared_mask):
+  def __init__(self, aggregator, num_tasks: int, shared_mask, engine: str = "leaf",
+               chunk: int = 1):
+    if engine not in ENGINES:
+      raise ValueError(f"weighting.gramian_engine must be one of {list(ENGINES)}, got {engine!r}")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+      raise ValueError(f"weighting.gramian_chunk must be an integer >= 1, got {chunk!r}")
     self.aggregator, self.num_tasks, self.shared_mask = aggregator, num_tasks, shared_mask
+    self.engine, self.chunk = engine, chunk
 
-  def gradients(self, problem: LossProblem, params, wstate, rng):
-    (wl, (per_task, reg)), vjp_fn = problem.vjp(params)
+  def gramian(self, problem: LossProblem, params):
+    """(G [T, T], the forward's (weighted losses, (per-task losses, reg)), its vjp_fn)."""
+    if self.engine == "rows":
+      return gramian_by_rows(problem, params, self.shared_mask, self.num_tasks, self.chunk)
+    out, vjp_fn = problem.vjp(params)
+    wl, (_, reg) = out
     gram = accumulate_gramian(per_task_grads(vjp_fn, self.num_tasks, wl.dtype, reg.dtype),
                               self.shared_mask)
+    return gram, out, vjp_fn
+
+  def gradients(self, problem: LossProblem, params, wstate, rng):
+    gram, (wl, (per_task, reg)), vjp_fn = self.gramian(problem, params)
     weights = jax.lax.stop_gradient(self.aggregator.weights(gram, rng))
     one = jnp.ones((), reg.dtype)
     shared = vjp_fn((weights.astype(wl.dtype), one))[0]

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 
 from mtl_jax import paths
 
-OPTIONS = ("name", "aggregator", "mode", "shared", "options", "log_task_gradients")
+OPTIONS = ("name", "aggregator", "mode", "shared", "options", "log_task_gradients",
+           "gramian_engine", "gramian_chunk")
 MODES = ("gramian", "jacobian", "representation")
 
 
@@ -148,11 +149,22 @@ def build_strategy(weighting_config, num_tasks: int, params, shared: str = "trun
       raise ValueError(f"aggregator {cfg['aggregator']!r} is not Gramian-weighted (it needs the "
                        f"Jacobian itself), so it cannot run with mode={mode!r}; use "
                        "mode='jacobian'")
+    for key in ("gramian_engine", "gramian_chunk"):
+      if key in cfg and mode != "gramian":
+        raise ValueError(f"weighting.{key} applies to mode='gramian' only, not mode={mode!r}")
+    if "gramian_chunk" in cfg and cfg.get("gramian_engine") != "rows":
+      raise ValueError("weighting.gramian_chunk applies to gramian_engine='rows' only")
     if mode == "representation":
       return RepresentationStrategy(aggregator, num_tasks)
     paths.require_match(params, shared, "weighting.shared")
-    cls = GramianStrategy if mode == "gramian" else JacobianStrategy
-    return cls(aggregator, num_tasks, paths.mask(params, shared))
+    if mode == "gramian":
+      return GramianStrategy(aggregator, num_tasks, paths.mask(params, shared),
+                             engine=cfg.get("gramian_engine", "leaf"),
+                             chunk=cfg.get("gramian_chunk", 1))
+    return JacobianStrategy(aggregator, num_tasks, paths.mask(params, shared))
+  for key in ("gramian_engine", "gramian_chunk"):
+    if key in cfg:
+      raise ValueError(f"weighting.{key} applies to aggregators in mode='gramian' only")
   if "mode" in cfg:
     raise ValueError("weighting.mode applies to aggregators only; a loss weighting "
                      f"({cfg.get('name', 'equal')!r}) has no mode")
