@@ -1,7 +1,7 @@
 """MNIST-1D baselines: logistic, MLP and CNN, on the original and the
 spatially shuffled data, against the published test accuracies.
 
-  python experiments/mnist1d_baselines/run.py [--seeds 3] [--steps 8000]
+  python experiments/mnist1d_baselines/run.py [--seeds 10] [--steps 8000]
 
 Reruns skip finished (cell, seed) pairs; results.md is regenerated from
 results.jsonl (tables) and edited by hand only below its marker line.
@@ -115,7 +115,7 @@ def _plot(values):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--seeds", type=int, default=10)
   parser.add_argument("--steps", type=int, default=8000)
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
