@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers,
+from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers, routing,
                      sharding, tasks, transfer)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
@@ -24,6 +24,7 @@ from mtl_jax.models import build_model
 from mtl_jax.models.sharing import layout as sharing_layout
 from mtl_jax.replicas import Replicas
 from mtl_jax.step import TrainState, make_eval_step, make_train_step
+from mtl_jax.weighting.representation_strategy import RepresentationStrategy
 from mtl_jax.weighting.strategy import WeightingStrategy, build_strategy
 
 
@@ -69,6 +70,8 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   specs = tasks.specs_from_config(config.tasks)
   groups = tasks.group_tasks(specs)
   model = build_model(config.model, groups)
+  if getattr(model, "route_heads", False):
+    routing.check_groups(groups)
   replicas = Replicas(int(cfg("num_seeds")), int(cfg("seed")))
   put = (lambda tree: jax.device_put(tree, parallel.replicated(mesh))) if mesh else (lambda t: t)
   policy = precision.policy(config.model)
@@ -101,6 +104,11 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
   strategy = build_strategy(cfg("weighting"), len(specs), one_replica, lay.shared, lay.blocks)
   if wrap_strategy is not None:
     strategy = wrap_strategy(strategy)
+  if getattr(model, "route_heads", False):
+    if isinstance(strategy, RepresentationStrategy):
+      raise ValueError("model.route_heads runs each example through its own head only, but "
+                       "weighting mode='representation' needs every task's head on every "
+                       "example's features; use one or the other")
   opt_init = replicas.vmap(tx.init)
   jit_out = {}
   if mesh:
@@ -196,6 +204,12 @@ def setup(config, workdir: str, mesh=None) -> Run:
   parallel.check_batch_size(cfg("eval_batch_size"), mesh, "eval_batch_size")
   checkpointer = Checkpointer(workdir, cfg("keep_checkpoints"))
   resume = checkpointer.latest_step() is not None
+  if config.model.get("route_heads", False):
+    groups = tasks.group_tasks(specs)
+    for src in sources:
+      for start, chunk in streaming.chunks(src.splits["train"]):
+        routing.check_one_labelled_task(groups, chunk["mask"], f"dataset {src.alias!r} train",
+                                        start)
   sample = sources[0].splits["train"].take(np.arange(1))["inputs"]
   program = build_program(config, sample, mesh, load_pretrained=not resume, verbose=is_main)
   replicas = program.replicas

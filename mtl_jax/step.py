@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax import losses, tasks
+from mtl_jax import losses, routing, tasks
 from mtl_jax.models.sharing import TASK_FEATURES, variables, zero_perturbations
 from mtl_jax.precision import Policy
 from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, build_strategy
@@ -69,6 +69,7 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
   gradient is a symbolic zero, so XLA never computes their backward pass.
   """
   weights = jnp.asarray([s.weight for s in specs], jnp.float32)
+  routed = bool(getattr(model, "route_heads", False))  # mtl_jax/routing.py
 
   def freeze(params):
     return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
@@ -81,8 +82,12 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
     inputs = policy.for_compute(batch["inputs"])
 
     def forward(params, z, inputs, labels, mask, rng):
-      outputs = model.apply(variables(policy.for_compute(params), z), inputs, train=True,
+      routes = routing.route_indices(groups, mask) if routed else None
+      outputs = model.apply(variables(policy.for_compute(params), z, routes), inputs, train=True,
                             rngs={"dropout": rng})
+      if routed:
+        return routing.routed_task_losses(specs, groups, policy.for_output(outputs), labels,
+                                          mask, routes)
       return losses.task_losses(specs, groups, policy.for_output(outputs), labels, mask)
 
     if grad_accum_steps == 1:

@@ -1,7 +1,7 @@
 """Task heads. Tasks of one TaskGroup share one stacked parameter tensor with
 a leading task axis, so T heads are one einsum and T=128 compiles like T=1."""
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,11 +27,18 @@ class StackedDense(nn.Module):
   extra_axes: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, route: Optional[jax.Array] = None) -> jax.Array:
+    """``route`` [B] (task index per example, mtl_jax/routing.py): x [B, D] -> [B, O]
+    through each example's own task's slice only."""
     d = x.shape[-1]
     init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     kernel = self.param("kernel", init, (self.num_tasks, d, self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.num_tasks, self.features))
+    if route is not None:
+      if x.ndim != 2 or self.extra_axes:
+        raise ValueError(f"StackedDense: routing takes shared per-example features [B, D], "
+                         f"got {x.shape}")
+      return jnp.einsum("bd,bdo->bo", x, kernel[route]) + bias[route]
     shared_ndim = 2 + self.extra_axes
     if not self.extra_axes and x.ndim == 2:  # the common cases, written out as before
       y = jnp.einsum("bd,tdo->tbo", x, kernel)
@@ -64,16 +71,20 @@ class TaskHeads(nn.Module):
   hidden: Sequence[int] = ()
 
   @nn.compact
-  def __call__(self, features: jax.Array) -> Dict[str, jax.Array]:
+  def __call__(self, features: jax.Array,
+               routes: Optional[Dict[str, jax.Array]] = None) -> Dict[str, jax.Array]:
+    """``routes`` {group key: [B] task index}: that group's output is [B, n], each
+    example through its own task's head (mtl_jax/routing.py); else [T_g, B, ..., n]."""
     out = {}
     for g in self.groups:
       kind = kinds.get(g.kind)
+      route = None if routes is None else routes[g.key]
       h = features
       for j, width in enumerate(self.hidden):
         h = nn.relu(StackedDense(len(g.names), width, kind.position_axes,
-                                 name=f"{g.key}_hidden_{j}")(h))
+                                 name=f"{g.key}_hidden_{j}")(h, route))
       out[g.key] = StackedDense(len(g.names), kind.head_outputs(g.num_outputs),
-                                kind.position_axes, name=g.key)(h)
+                                kind.position_axes, name=g.key)(h, route)
     return out
 
 

@@ -20,6 +20,7 @@ from mtl_jax.models.columns import ColumnHeads, CrossStitchMLP, stacked_trunk, t
 from mtl_jax.models.heads import TaskHeads
 from mtl_jax.models.trunks import build_trunk, trunk_class
 from mtl_jax.registry import Registry
+from mtl_jax.routing import ROUTES
 from mtl_jax.tasks import TaskGroup
 
 SHARING = Registry("sharing scheme")
@@ -63,14 +64,18 @@ def layout(sharing: Optional[str]) -> ParamLayout:
   return declared
 
 
-def variables(params, perturbations=None) -> Dict[str, Any]:
+def variables(params, perturbations=None, routes=None) -> Dict[str, Any]:
   """Flax variables for ``apply``, with perturbations (a dict: SHARED_FEATURES or
-  TASK_FEATURES -> array; a bare array means SHARED_FEATURES) if given."""
-  if perturbations is None:
-    return {"params": params}
-  if not isinstance(perturbations, dict):
-    perturbations = {SHARED_FEATURES: perturbations}
-  return {"params": params, "perturbations": perturbations}
+  TASK_FEATURES -> array; a bare array means SHARED_FEATURES) and head routes
+  ({group key: [B] task index}, mtl_jax/routing.py) if given."""
+  out = {"params": params}
+  if perturbations is not None:
+    if not isinstance(perturbations, dict):
+      perturbations = {SHARED_FEATURES: perturbations}
+    out["perturbations"] = perturbations
+  if routes is not None:
+    out[ROUTES] = routes
+  return out
 
 
 def zero_features(model: nn.Module, inputs, params=None) -> Optional[jax.Array]:
@@ -116,10 +121,15 @@ class HardSharing(nn.Module):
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   head_hidden: Sequence[int] = ()
+  # Train steps run each example through its own task's head only (mtl_jax/routing.py).
+  route_heads: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
+    if self.has_variable(ROUTES, self.groups[0].key):
+      routes = {g.key: self.get_variable(ROUTES, g.key) for g in self.groups}
+      return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features, routes)
     # A zero "perturbation" that representation-gradient methods (MGDA-UB)
     # differentiate; a no-op unless the caller passes that collection.
     features = self.perturb(SHARED_FEATURES, features)
@@ -145,6 +155,9 @@ class Pooled(HardSharing):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+    if self.route_heads:
+      raise ValueError("model.route_heads applies to sharing='hard'; 'pooled' has one head per "
+                       "task group, which every example needs anyway")
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
     out = {}
     for g in self.groups:
