@@ -13,7 +13,7 @@ the update of the shared parameters is wᵀJ = ∇(Σ_t w_t L_t). So:
    * ``"rows"``: row s of G is J g_s, the JVP of the T losses along task s's
      gradient g_s; the rows are mapped ``gramian_chunk`` at a time, so the
      scratch is about that many gradients (1.4x EW's on a 10M-parameter
-     trunk at T = 32), for about 1.5x the time of "leaf" on CPU.
+     trunk at T = 32), for 1.1-1.2x the time of "leaf" on a quiet CPU.
    Both are exact, with or without gradient accumulation.
 2. w = aggregator.weights(G);
 3. one backward pass with cotangent w for the shared parameters, and one
@@ -66,7 +66,7 @@ def gramian_by_rows(problem: LossProblem, params, mask, num_tasks: int, chunk: i
 
   ``lax.map`` over the tasks, ``chunk`` rows vmapped at a time, so the
   scratch is about ``chunk`` gradients (O(chunk x P)), not T of them, for
-  twice the backward work of the vmapped path. One linearization serves the
+  a JVP per task on top of the vmapped path's backward work. One linearization serves the
   rows and the final weighted passes; exact under gradient accumulation,
   weight tying and lifted transforms, since it only uses J's products.
   Returns (G, the forward's outputs, vjp_fn), the outputs and vjp_fn as
@@ -97,7 +97,7 @@ def gramian_by_rows(problem: LossProblem, params, mask, num_tasks: int, chunk: i
 class GramianStrategy(WeightingStrategy):
   """``engine="leaf"`` (default, fastest): one vmapped VJP of the shared leaves, each
   [T, p] block contracted (XLA's scratch grows like T x P). ``engine="rows"``:
-  :func:`gramian_by_rows`, O(chunk x P) scratch for about twice the backward work."""
+  :func:`gramian_by_rows`, O(chunk x P) scratch for a JVP per task on top."""
 
   def __init__(self, aggregator, num_tasks: int, shared_mask, engine: str = "leaf",
                chunk: int = 1):
