@@ -21,6 +21,7 @@ from mtl_jax import sweep  # noqa: E402
 
 TARGETS = {"digits_0-4": [0, 1, 2, 3, 4], "digits_5-9": [5, 6, 7, 8, 9]}
 DEPTHS = (0, 1, 2, 3)
+SETUP = {"data": "mnist1d generator, 10,000-signal pool, data seed = run seed"}
 
 
 def make_config(cell, seed):
@@ -62,7 +63,7 @@ def main():
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
   if not args.report_only:
-    sweep.run_grid(HERE, make_config, CELLS, range(args.seeds))
+    sweep.run_grid(HERE, make_config, CELLS, range(args.seeds), setup=SETUP)
   write_report(sweep.read_results(os.path.join(HERE, "results.jsonl")))
 
 

@@ -32,6 +32,7 @@ from mtl_jax import sweep  # noqa: E402
 from mtl_jax.data import multilabel_synthetic  # noqa: E402  (registers multilabel_synthetic)
 
 TASKS = multilabel_synthetic.TASKS
+SETUP = {"data": "multilabel_synthetic generator, data seed 0"}
 HIDE = (0.0, 0.25, 0.5, 0.75, 0.9)
 VARIANTS = ("mask", "drop", "negative")
 CELLS = [f"{v}/hide={h}" for v in VARIANTS for h in HIDE if not (v == "drop" and h > 0.8)]
@@ -127,7 +128,7 @@ def main():
   args = parser.parse_args()
   t0 = time.time()
   if not args.report_only:
-    sweep.run_grid(HERE, make_config, CELLS, range(args.seeds), vmap_seeds=True)
+    sweep.run_grid(HERE, make_config, CELLS, range(args.seeds), vmap_seeds=True, setup=SETUP)
   write_report(sweep.read_results(os.path.join(HERE, "results.jsonl")))
   print(f"{(time.time() - t0) / 60:.1f} min")
 

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from mtl_jax import sweep  # noqa: E402
 
 POOL = {"num_samples": 10000}
+SETUP = {"data": "mnist1d generator, 10,000-signal pool, data seed = run seed"}
 CNN = dict(name="cnn", features=(25, 25, 25), kernel_sizes=(5, 3, 3), strides=(2, 2, 2))
 STRATEGIES = ("scratch", "linear_probe", "cached_probe", "finetune", "freeze_bottom:1", "truncate:1")
 SCENARIOS = ("small_similar", "small_different", "large_similar", "large_different")
@@ -130,7 +131,7 @@ def main():
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
   if not args.report_only:
-    sweep.run_grid(HERE, make_config, CELLS, range(args.seeds))
+    sweep.run_grid(HERE, make_config, CELLS, range(args.seeds), setup=SETUP)
   write_report(sweep.read_results(os.path.join(HERE, "results.jsonl")))
 
 
