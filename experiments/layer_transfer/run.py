@@ -111,7 +111,7 @@ def write_report(rows):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
   if not args.report_only:
