@@ -165,10 +165,14 @@ def write_report(rows, curve_rows, curve_file):
         cells.append(f"{m:+.4f} ± {se:.4f}" if n else "n/a")
     lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
   lines.append("")
-  lines += ["## Learned weights at the last logged step (mean over seeds)", "",
-            f"From the train curves kept in the committed rows of `{curve_file}` (same "
-            "configs as the cells above; `--curves_only` reruns just these cells). "
-            + sweep.provenance_md(curve_rows).strip(), "",
+  if curve_file == "results.jsonl":
+    source = ("From the train curves kept in the rows of the tables above (`results.jsonl`; "
+              "provenance below).")
+  else:
+    source = (f"From the train curves kept in the committed rows of `{curve_file}` (same "
+              "configs as the cells above; `--curves_only` reruns just these cells). "
+              + sweep.provenance_md(curve_rows).strip())
+  lines += ["## Learned weights at the last logged step (mean over seeds)", "", source, "",
             "| cell | weights w_0..w_{T-1} | Spearman(w, 1/σ) |", "|---|---|---|"]
   for t, sigmas in SIGMAS.items():
     for m in LEARNED + ("gradnorm_sgd",):
