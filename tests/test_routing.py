@@ -114,3 +114,16 @@ def test_routing_refuses_what_it_cannot_do():
   c.tasks = [dict(name="tok", kind="token_classification", num_outputs=3)]
   with pytest.raises(ValueError, match="kind 'token_classification'.*per-example kinds only"):
     build_program(c, jnp.zeros((1, 5, 6)))
+
+
+def test_routed_training_with_num_seeds_equals_masked(tmp_path):
+  """Through train_and_evaluate with two vmapped replicas: the routes are computed inside
+  the replica vmap; quickstart's two tasks are two groups (one labelled task each)."""
+  results = {}
+  for route in (False, True):
+    c = tiny_config(num_train_steps=6, checkpoint_every_steps=0, num_seeds=2)
+    c.model.route_heads = route
+    results[route] = [r["test"]["digit"]["loss"] for r in
+                      train.train_and_evaluate(c, str(tmp_path / str(route)))["replicas"]]
+  assert results[False][0] != results[False][1]  # two different replicas
+  np.testing.assert_allclose(results[True], results[False], rtol=1e-6)
