@@ -11,7 +11,7 @@ from conftest import flat_params, tiny_config
 from mtl_jax.run import build_program
 from mtl_jax.weighting.gramian_strategy import GramianStrategy
 from mtl_jax.weighting.strategy import build_strategy
-from test_gramian_path import GRAMIAN_WEIGHTED, PARAMS, PROBLEM, _problem
+from test_gramian_path import PARAMS, PROBLEM, _problem
 
 
 def _both(name, problem, params, chunk=1, rng=jax.random.PRNGKey(3)):
@@ -22,7 +22,9 @@ def _both(name, problem, params, chunk=1, rng=jax.random.PRNGKey(3)):
   return [jax.jit(lambda p, s=s: s.gradients(problem, p, {}, rng))(params) for s in (leaf, rows)]
 
 
-@pytest.mark.parametrize("name", GRAMIAN_WEIGHTED)
+# The engines differ only in how G is formed, so three aggregators (a mean, a QP, Frank-Wolfe)
+# cover the weights; G itself is compared directly.
+@pytest.mark.parametrize("name", ["mean", "upgrad", "mgda"])
 def test_rows_engine_equals_the_leaf_engine(name):
   (g, _, gm), (r, _, rm) = _both(name, PROBLEM, PARAMS)
   np.testing.assert_allclose(rm["task_grad_norm"], gm["task_grad_norm"], rtol=1e-5)
