@@ -72,9 +72,20 @@ class LossProblem:
 
 
 def per_task_grads(vjp_fn, num_tasks: int, loss_dtype, reg_dtype):
-  """Each task's gradient, stacked on a leading task axis: vmap over T cotangents of one VJP."""
+  """Each task's gradient, stacked on a leading task axis: T one-hot cotangents of one VJP.
+
+  Vmapped on accelerators. On CPU the T backward passes run one after another
+  (``lax.map``): XLA:CPU runs the T-batched backward about 1.5x slower than T
+  sequential ones (MLP 100 -> 256 -> 256, batch 512: 21.0 vs 13.6 ms at
+  T = 8, 96 vs 61 ms at T = 32). Same result, same [T, ...] output.
+  """
   eye = jnp.eye(num_tasks, dtype=loss_dtype)
-  return jax.vmap(lambda c: vjp_fn((c, jnp.zeros((), reg_dtype)))[0])(eye)
+
+  def one(c):
+    return vjp_fn((c, jnp.zeros((), reg_dtype)))[0]
+  if jax.default_backend() == "cpu":
+    return jax.lax.map(one, eye)
+  return jax.vmap(one)(eye)
 
 
 def flatten_rows(tree_with_task_axis, mask) -> jax.Array:
