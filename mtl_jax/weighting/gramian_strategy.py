@@ -5,15 +5,15 @@ the update of the shared parameters is wᵀJ = ∇(Σ_t w_t L_t). So:
 
 1. G, by one of two engines (``weighting.gramian_engine``):
    * ``"leaf"`` (default, the fastest): per-task gradients of the shared
-     parameters from one forward pass and a vmap over T cotangents of its
-     VJP, each leaf's [T, p] block contracted to [T, T]. Nothing of size
-     T x P is concatenated, but XLA keeps the blocks of all leaves alive at
-     once, so the scratch still grows like T x P (about 23x EW's at T = 32;
-     ``benchmarks/weighting_scale.py``).
+     parameters from one forward pass and T one-hot cotangents of its VJP
+     (``per_task_grads``), each leaf's [T, p] block contracted to [T, T].
+     Nothing of size T x P is concatenated, but the blocks of all leaves
+     are alive at once, so the scratch still grows like T x P (about 21x
+     EW's at T = 32 on a 10M-parameter trunk; ``benchmarks/weighting_scale.py``).
    * ``"rows"``: row s of G is J g_s, the JVP of the T losses along task s's
      gradient g_s; the rows are mapped ``gramian_chunk`` at a time, so the
      scratch is about that many gradients (1.4x EW's on a 10M-parameter
-     trunk at T = 32), for 1.1-1.2x the time of "leaf" on a quiet CPU.
+     trunk at T = 32), for 1.6-1.8x the time of "leaf" on CPU.
    Both are exact, with or without gradient accumulation.
 2. w = aggregator.weights(G);
 3. one backward pass with cotangent w for the shared parameters, and one
