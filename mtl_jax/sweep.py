@@ -302,6 +302,12 @@ def run_grid(study_dir: str, make_config: Callable[[str, int], object],
   return path
 
 
+def paired_mean_se(a: Dict[int, float], b: Dict[int, float]) -> Tuple[float, float, int]:
+  """``mean_se`` of a[s] - b[s] over the seeds both hold ({seed: value} dicts): the
+  seed-paired difference of two cells that share initialisation and data per seed."""
+  return mean_se([a[s] - b[s] for s in sorted(set(a) & set(b))])
+
+
 def collect(rows: List[dict], split: str, task: str, metric: str) -> Dict[str, List[float]]:
   """{cell: [value per seed]} for one split/task/metric."""
   out: Dict[str, List[float]] = {}

@@ -129,3 +129,13 @@ def test_a_data_file_is_fingerprinted_and_results_md_says_so(tmp_path):
   text = open(md).read()
   assert "study setup data=file" in text and "commits `abc`" in text
   assert text.endswith("<!-- notes -->\n")
+
+
+def test_paired_mean_se_pairs_by_seed_over_the_seeds_both_hold():
+  a = {0: 1.0, 1: 4.0, 2: 2.0, 7: 100.0}   # seed 7 has no partner: left out
+  b = {0: 0.5, 1: 1.0, 2: 2.5, 3: -9.0}    # seed 3 likewise
+  m, se, n = sweep.paired_mean_se(a, b)
+  d = np.array([0.5, 3.0, -0.5])
+  assert n == 3
+  np.testing.assert_allclose([m, se], [d.mean(), d.std(ddof=1) / np.sqrt(3)])
+  assert sweep.paired_mean_se({0: 1.0}, {1: 1.0})[2] == 0

@@ -70,7 +70,7 @@ def _diff(by_seed, w):
   same init key and the same data order (data seed 0 for all), so the s.e. is
   that of the per-seed differences."""
   a, b = by_seed.get(f"mtl/w{w}", {}), by_seed.get(f"stl/w{w}", {})
-  return sweep.mean_se([a[s] - b[s] for s in sorted(set(a) & set(b))])
+  return sweep.paired_mean_se(a, b)
 
 
 def write_report(rows, steps):

@@ -82,11 +82,6 @@ def _by_seed(rows, t: int, split: str):
   return out
 
 
-def _paired(a, b):
-  """mean ± s.e. over the seeds both have of a[s] - b[s]."""
-  common = sorted(set(a) & set(b))
-  return sweep.mean_se([a[s] - b[s] for s in common])
-
 
 PAIRS = [(m, "ew") for m in WEIGHTINGS if m != "ew"] + [("gradnorm", "uncertainty")]
 
@@ -161,7 +156,7 @@ def write_report(rows, curve_rows, curve_file):
     for t in SIGMAS:
       for sp in ("test", "validation"):
         d = split_seeds[(t, sp)]
-        m, se, n = _paired(d.get(f"T{t}/{a}", {}), d.get(f"T{t}/{b}", {}))
+        m, se, n = sweep.paired_mean_se(d.get(f"T{t}/{a}", {}), d.get(f"T{t}/{b}", {}))
         cells.append(f"{m:+.4f} ± {se:.4f}" if n else "n/a")
     lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
   lines.append("")

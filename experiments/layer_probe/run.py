@@ -52,11 +52,6 @@ def _by_seed(rows, split):
   return out
 
 
-def _paired(a, b):
-  """mean ± s.e. over the seeds both have of a[s] - b[s]."""
-  common = sorted(set(a) & set(b))
-  return sweep.mean_se([a[s] - b[s] for s in common])
-
 
 def chosen_depths(rows):
   """{target: k} with the best mean validation accuracy (test plays no part)."""
@@ -91,7 +86,8 @@ def write_report(rows):
       cell = f"{t}/k{k}"
       cells += [fmt(sweep.mean_se(list(val.get(cell, {}).values()))),
                 fmt(sweep.mean_se(list(test.get(cell, {}).values()))),
-                "" if k == 0 else dfmt(_paired(test.get(cell, {}), test.get(f"{t}/k{k - 1}", {})))]
+                "" if k == 0 else dfmt(sweep.paired_mean_se(test.get(cell, {}),
+                                                             test.get(f"{t}/k{k - 1}", {})))]
     lines.append(f"| {'input' if k == 0 else f'block {k}'} | " + " | ".join(cells) + " |")
   lines += ["", "Layer chosen on validation (best mean validation accuracy; validation: "
             + ", ".join(f"{n} signals of {t}" for t, n in n_val.items()) + ", disjoint "
@@ -103,7 +99,8 @@ def write_report(rows):
     runner = max(others, key=lambda j: sweep.mean_se(list(val[f"{t}/k{j}"].values()))[0])
     lines.append(f"| {t} | {'input' if k == 0 else f'block {k}'} | "
                  f"{fmt(sweep.mean_se(list(test[f'{t}/k{k}'].values())))} | "
-                 f"{dfmt(_paired(test[f'{t}/k{k}'], test[f'{t}/k{runner}']))} (block {runner}) |")
+                 f"{dfmt(sweep.paired_mean_se(test[f'{t}/k{k}'], test[f'{t}/k{runner}']))} "
+                 f"(block {runner}) |")
   sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
 
 

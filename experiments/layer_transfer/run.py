@@ -88,8 +88,7 @@ def write_report(rows):
     cells = []
     for v in VARIANTS:
       d = by_seed.get(f"{v}/n{n}", {})
-      common = sorted(set(d) & set(base))
-      m, se, k = sweep.mean_se([d[s] - base[s] for s in common])
+      m, se, k = sweep.paired_mean_se(d, base)
       cells.append(f"{m:+.1f} ± {se:.1f}" if k else "")
     lines.append(f"| {n} | " + " | ".join(cells) + " |")
   sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)

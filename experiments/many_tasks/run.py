@@ -139,9 +139,8 @@ def write_report(rows, minutes, md_path):
   for c in done:
     m, se, n = stats[c]
     mark = "**" if c == best else ""
-    common = sorted(set(ref) & set(by_seed[c]))
-    dm, dse, _ = sweep.mean_se([by_seed[c][s] - ref[s] for s in common])
-    diff = f"{dm:+.1f} ± {dse:.1f}" if c != "stl_ridge" and common else ""
+    dm, dse, _ = sweep.paired_mean_se(by_seed[c], ref)
+    diff = f"{dm:+.1f} ± {dse:.1f}" if c != "stl_ridge" and set(ref) & set(by_seed[c]) else ""
     w = "" if weight[c] is None else f"{weight[c]:g}"
     lines.append(f"| {c} | {w} | {mark}{m:.1f} ± {se:.1f}{mark} | {diff} | {n} | "
                  f"{secs[c]:.0f} / {sel_secs[c]:.0f} |")

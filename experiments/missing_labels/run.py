@@ -96,8 +96,7 @@ def write_report(rows):
       cells = []
       for h in HIDE:
         a, b = by_seed.get(f"mask/hide={h}", {}), by_seed.get(f"{other}/hide={h}", {})
-        common = sorted(set(a) & set(b))
-        m, se, n = sweep.mean_se([a[s] - b[s] for s in common])
+        m, se, n = sweep.paired_mean_se(a, b)
         cells.append(f"{m:+.1f} ± {se:.1f}" if n else "n/a")
       lines.append(f"| {metric}: mask − {other} | " + " | ".join(cells) + " |")
   lines.append("")

@@ -79,9 +79,8 @@ def write_report(rows):
             "|---|---|---|---|"]
   for model in TRUNKS:
     a, b = test.get(f"{model}/original", {}), test.get(f"{model}/shuffled", {})
-    common = sorted(set(a) & set(b))
-    if common:
-      d, se, n = sweep.mean_se([b[s] - a[s] for s in common])
+    if set(a) & set(b):
+      d, se, n = sweep.paired_mean_se(b, a)
       pub = PUBLISHED[model][1] - PUBLISHED[model][0]
       lines.append(f"| {model} | {d:+.1f} ± {se:.1f} | {n} | {pub:+d} |")
   sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)

@@ -108,8 +108,7 @@ def write_report(rows):
     if cell not in acc["left"] or cell not in acc["right"]:
       continue
     stats = {t: sweep.mean_se([100 * v for v in acc[t][cell]]) for t in acc}
-    common = sorted(set(ew) & set(mean_lr.get(cell, {})))
-    delta = sweep.mean_se([mean_lr[cell][s] - ew[s] for s in common])
+    delta = sweep.paired_mean_se(mean_lr.get(cell, {}), ew)
     pub = PUBLISHED.get(cell, ("", ""))
     diff = "" if cell == "ew" else f"{delta[0]:+.2f} ± {delta[1]:.2f}"
     lines.append(f"| {cell} | {stats['left'][0]:.2f} ± {stats['left'][1]:.2f} | "

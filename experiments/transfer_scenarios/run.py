@@ -95,11 +95,6 @@ def _stat(d):
   return sweep.mean_se(list(d.values()))
 
 
-def _paired(a, b):
-  """mean ± s.e. over the seeds both have of a[s] - b[s] (same upstream seed and data)."""
-  common = sorted(set(a) & set(b))
-  return sweep.mean_se([a[s] - b[s] for s in common])
-
 
 def chosen_strategies(rows):
   """{scenario: strategy} with the best mean validation accuracy (test plays no part)."""
@@ -137,7 +132,8 @@ def write_report(rows):
             "| strategy | " + " | ".join(SCENARIOS) + " |", "|---|" + "---|" * len(SCENARIOS)]
   for t in STRATEGIES[1:]:
     lines.append(f"| {t} − scratch | " + " | ".join(
-        dfmt(_paired(test.get(f"{s}/{t}", {}), test.get(f"{s}/scratch", {}))) for s in SCENARIOS)
+        dfmt(sweep.paired_mean_se(test.get(f"{s}/{t}", {}), test.get(f"{s}/scratch", {})))
+        for s in SCENARIOS)
         + " |")
   lines += ["", "| scenario | chosen on validation (val %) | its test % | − runner-up on "
             "validation, test (paired) | rule of thumb |", "|---|---|---|---|---|"]
@@ -150,7 +146,8 @@ def write_report(rows):
               and not (o == "linear_probe" and t == "cached_probe")]
     runner = max(others, key=lambda o: _stat(val[f"{s}/{o}"])[0])
     lines.append(f"| {s} | {t} ({fmt(_stat(val[f'{s}/{t}']))}) | {fmt(_stat(test[f'{s}/{t}']))} | "
-                 f"{dfmt(_paired(test[f'{s}/{t}'], test[f'{s}/{runner}']))} ({runner}) | "
+                 f"{dfmt(sweep.paired_mean_se(test[f'{s}/{t}'], test[f'{s}/{runner}']))} "
+                 f"({runner}) | "
                  f"{RULE_OF_THUMB[s]} |")
   sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", rows)
   _plot(values)
