@@ -23,6 +23,7 @@ import numpy as np
 
 from mtl_jax import kinds
 from mtl_jax.kinds.base import safe_labels
+from mtl_jax.losses import _in_spec_order
 from mtl_jax.tasks import TaskGroup, TaskSpec
 
 ROUTES = "routes"  # the variable collection that carries {group key: [B] task index}
@@ -66,7 +67,6 @@ def routed_task_losses(specs: Sequence[TaskSpec], groups: Sequence[TaskGroup],
   Equal to ``losses.task_losses`` on the masked outputs when every example
   labels at most one task per group.
   """
-  from mtl_jax.losses import _in_spec_order  # noqa: PLC0415 (losses imports nothing of ours)
   per_group = []
   for g in groups:
     idx = routes[g.key]

@@ -66,8 +66,8 @@ def gramian_by_rows(problem: LossProblem, params, mask, num_tasks: int, chunk: i
 
   ``lax.map`` over the tasks, ``chunk`` rows vmapped at a time, so the
   scratch is about ``chunk`` gradients (O(chunk x P)), not T of them, for
-  a JVP per task on top of the vmapped path's backward work. One linearization serves the
-  rows and the final weighted passes; exact under gradient accumulation,
+  a JVP per task on top of the leaf engine's backward work. One
+  linearization serves the rows and the final weighted passes; exact under gradient accumulation,
   weight tying and lifted transforms, since it only uses J's products.
   Returns (G, the forward's outputs, vjp_fn), the outputs and vjp_fn as
   ``problem.vjp`` gives them.
@@ -77,17 +77,13 @@ def gramian_by_rows(problem: LossProblem, params, mask, num_tasks: int, chunk: i
     return (wl, reg), per_task
 
   (wl, reg), jvp_fn, per_task = jax.linearize(primal, params, has_aux=True)
-  transpose = jax.linear_transpose(jvp_fn, params)
-
-  def vjp_fn(cotangent):
-    return transpose(cotangent)
+  vjp_fn = jax.linear_transpose(jvp_fn, params)
   zero_reg = jnp.zeros((), reg.dtype)
   dtype = compute_dtype(wl.dtype)
 
   def row(e):
     g = vjp_fn((e, zero_reg))[0]
-    g = jax.tree.map(lambda x, m: x if m else jnp.zeros_like(x), g, mask)
-    return jvp_fn(g)[0].astype(dtype)
+    return jvp_fn(select(mask, g, jax.tree.map(jnp.zeros_like, g)))[0].astype(dtype)
 
   eye = jnp.eye(num_tasks, dtype=wl.dtype)
   gram = jax.lax.map(row, eye, batch_size=min(chunk, num_tasks) if chunk > 1 else None)
@@ -95,8 +91,9 @@ def gramian_by_rows(problem: LossProblem, params, mask, num_tasks: int, chunk: i
 
 
 class GramianStrategy(WeightingStrategy):
-  """``engine="leaf"`` (default, fastest): one vmapped VJP of the shared leaves, each
-  [T, p] block contracted (XLA's scratch grows like T x P). ``engine="rows"``:
+  """``engine="leaf"`` (default, fastest): the shared leaves' per-task gradients from T
+  cotangents of one VJP (``per_task_grads``), each [T, p] block contracted (the scratch
+  grows like T x P). ``engine="rows"``:
   :func:`gramian_by_rows`, O(chunk x P) scratch for a JVP per task on top."""
 
   def __init__(self, aggregator, num_tasks: int, shared_mask, engine: str = "leaf",
