@@ -23,7 +23,7 @@ mgda_ub (MGDA on the shared representation, the paper's method).
 narrow ResNet, 2 steps) for smoke tests.
 
 Published average test error over the 40 attributes, % (Sener & Koltun 2018,
-Table 3; copied from /work/shared/REFERENCES.md, where they are marked as
+Table 3; as recorded in docs/references.md, where they are marked as
 quoted from memory: check them against the paper before citing):
 
   single task      10.38
