@@ -152,8 +152,10 @@ class TaskKind:
     An example is labelled when any of its positions is. With none, every
     metric is NaN: there is nothing to measure.
     """
+    if self.streams_metrics:
+      return self.metrics_of_sums(spec, self.labelled_sums(spec, outputs, labels, mask))
     mask = np.asarray(mask, bool)
-    rows = mask.reshape(mask.shape[0], -1).any(-1) if mask.ndim > 1 else mask
+    rows = labelled_rows(mask)
     result = {"count": float(rows.sum())}
     if not rows.any():
       result.update({m: float("nan") for m in spec.metrics})
@@ -163,8 +165,67 @@ class TaskKind:
       result[name] = float(self.metric(spec, name, o, y, m))
     return result
 
+  # ------------------------------------------- metrics from sums (streamed)
+  # A kind whose metrics are functions of sums over examples (a confusion
+  # matrix, error sums, counts within a threshold) sets ``streams_metrics``
+  # and defines ``metric_sums`` and ``metrics_from_sums``. Evaluation then adds
+  # up each batch's sums instead of keeping a split's outputs, which for
+  # per-pixel or vocabulary-sized outputs would not fit in host memory; the
+  # result is the same as over the whole split at once (``metrics`` is the
+  # sums of one batch). Medians and AUCs are not sums: such kinds keep the
+  # default path, or approximate in a documented way (e.g. a histogram).
+  streams_metrics: bool = False
+
+  def metric_sums(self, spec, outputs: np.ndarray, labels: np.ndarray,
+                  mask: np.ndarray) -> Dict[str, np.ndarray]:
+    """Additive statistics of labelled rows (``metric``'s arguments) for ``metrics_from_sums``."""
+    raise NotImplementedError(f"task kind {self.name!r} sets streams_metrics but defines no "
+                              "metric_sums")
+
+  def metrics_from_sums(self, spec, sums: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """The spec's metrics from sums over a split with at least one labelled example."""
+    raise NotImplementedError(f"task kind {self.name!r} sets streams_metrics but defines no "
+                              "metrics_from_sums")
+
+  def labelled_sums(self, spec, outputs: np.ndarray, labels: np.ndarray,
+                    mask: np.ndarray) -> Dict[str, np.ndarray]:
+    """``metric_sums`` of one batch's labelled rows, plus ``count``: what evaluation adds."""
+    mask = np.asarray(mask, bool)
+    rows = labelled_rows(mask)
+    sums = {"count": np.asarray(rows.sum(), np.float64)}
+    if rows.any():
+      sums.update(self.metric_sums(spec, np.asarray(outputs)[rows], np.asarray(labels)[rows],
+                                   mask[rows]))
+    return sums
+
+  def metrics_of_sums(self, spec, sums: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """Metrics plus ``count`` from summed ``labelled_sums``; NaN when nothing is labelled."""
+    result = {"count": float(sums["count"])}
+    if not result["count"]:
+      result.update({m: float("nan") for m in spec.metrics})
+      return result
+    values = self.metrics_from_sums(spec, sums)
+    result.update({m: float(values[m]) for m in spec.metrics})
+    return result
+
   def __repr__(self):
     return f"<task kind {self.name!r}>"
+
+
+def labelled_rows(mask: np.ndarray) -> np.ndarray:
+  """bool[N]: the examples with at least one labelled position."""
+  return mask.reshape(mask.shape[0], -1).any(-1) if mask.ndim > 1 else mask
+
+
+def add_sums(total: Optional[Dict[str, np.ndarray]],
+             sums: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """``total + sums`` key by key (a key missing on one side counts as 0)."""
+  if total is None:
+    return dict(sums)
+  out = dict(total)
+  for k, v in sums.items():
+    out[k] = out[k] + v if k in out else v
+  return out
 
 
 def raise_bad_labels(spec, labels: np.ndarray, mask: np.ndarray, bad: np.ndarray,
