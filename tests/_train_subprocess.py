@@ -52,7 +52,10 @@ def main(spec_path: str) -> None:
   with open(spec_path) as f:
     spec = json.load(f)
   n = int(spec.get("num_cpu_devices", 1))
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+  os.environ["XLA_FLAGS"] = " ".join(  # the parent's flags (tests/conftest.py) plus the count
+      [f for f in os.environ.get("XLA_FLAGS", "").split()
+       if not f.startswith("--xla_force_host_platform_device_count")]
+      + [f"--xla_force_host_platform_device_count={n}"])
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, REPO)
   import jax

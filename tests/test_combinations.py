@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import flat_params, tiny_config
+from conftest import child_env, flat_params, tiny_config
 from mtl_jax import losses, train
 from mtl_jax.models import sharing
 from mtl_jax.run import build_program
@@ -156,8 +156,7 @@ _CHILD = textwrap.dedent("""
 
 def test_eight_devices_with_an_aggregator_and_with_num_seeds(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", REPO=repo,
-             JAX_PLATFORMS="cpu")
+  env = child_env(8, REPO=repo, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]

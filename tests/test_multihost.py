@@ -24,6 +24,8 @@ import numpy as np
 
 from _train_subprocess import REPO, checkpoint_params, train_metrics
 
+from conftest import child_env
+
 RTOL, ATOL = 1e-5, 1e-6
 NUM_STEPS = 10
 TIMEOUT_S = 300
@@ -52,7 +54,7 @@ def _run_all(commands, logdir):
   for it in a collective until the coordinator times out, so the others are
   killed. Everything is killed after TIMEOUT_S, so a hang fails the test.
   """
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   env["JAX_PLATFORMS"] = "cpu"
   procs = []
   for i, cmd in enumerate(commands):

@@ -21,6 +21,8 @@ import pytest
 
 from _train_subprocess import checkpoint_params, train_metrics
 
+from conftest import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RTOL, ATOL = 1e-5, 1e-6
 NUM_STEPS = 20
@@ -46,7 +48,7 @@ def runs(tmp_path_factory):
                    for name, overrides in cases.items()]}
   spec_path = root / "spec.json"
   spec_path.write_text(json.dumps(spec))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   proc = subprocess.run([sys.executable, os.path.join(HERE, "_train_subprocess.py"),
                          str(spec_path)], env=env, capture_output=True, text=True,
                         timeout=300)

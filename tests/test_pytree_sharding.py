@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CHILD = textwrap.dedent("""
   import os
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -70,7 +72,7 @@ CHILD = textwrap.dedent("""
 
 
 def test_dict_batches_shard_on_the_data_axis_of_8_devices():
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
                         timeout=300, cwd=os.path.dirname(HERE))
   assert proc.returncode == 0, proc.stderr[-5000:]

@@ -14,6 +14,8 @@ import pytest
 from _train_subprocess import checkpoint_params, train_metrics
 from mtl_jax import sharding
 
+from conftest import child_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Sharded sums reduce in another order: float32 moves by ulps, and Adam's normalised steps
 # carry that to the parameters (largest difference seen over 8 steps: 1.9e-6 absolute on
@@ -37,7 +39,7 @@ def _spec(root, runs, **extra):
   spec = {"num_cpu_devices": 8, "runs": runs, **extra}
   path = root / f"spec_{len(list(root.iterdir()))}.json"
   path.write_text(json.dumps(spec))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = child_env()
   proc = subprocess.run([sys.executable, os.path.join(HERE, "_train_subprocess.py"), str(path)],
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-5000:]

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, child_env, tiny_config
 from mtl_jax import train
 from mtl_jax.data import build_dataset
 from mtl_jax.data.base import ArrayDataset
@@ -231,7 +231,7 @@ def test_dataset_larger_than_memory_cap_trains_and_evaluates(tmp_path):
   size = os.path.getsize(tmp_path / "train.array_record")
   assert size > 350 * 2 ** 20
   cap_extra = 96 * 2 ** 20  # the file is 3.5x+ what the process may add to its address space
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", MALLOC_ARENA_MAX="2")
+  env = child_env(PYTHONPATH=ROOT, MALLOC_ARENA_MAX="2")
   out = subprocess.run([sys.executable, "-c", _CAPPED, str(tmp_path), str(n), str(dim),
                         str(cap_extra), os.path.join(ROOT, "tests")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
