@@ -55,8 +55,8 @@ def test_replica_r_is_the_single_run_with_seed_plus_r_up_to_float_rounding(tmp_p
   differently, so losses differ in the last bits from step 1 on (measured over the first 50
   steps: <= 2.4e-7 here, <= 4.8e-7 on experiments/multimnist's LeNet with dropout; neither
   single-threaded XLA nor a lax.map over replicas removes it). Training amplifies such
-  differences (an ulp flipping a discrete choice, e.g. a max-pool argmax), so long runs end a seed-noise apart (README,
-  "Seeds"); the bound tested is the first 50 steps'."""
+  differences (an ulp flipping a discrete choice, e.g. a max-pool argmax), so long runs end
+  a seed-noise apart (README, "Seeds"); the bound tested is the first 50 steps'."""
   from mtl_jax import parallel, run
   steps = 50
 
