@@ -114,7 +114,7 @@ class Matmul:
   def __init__(self, n, dtype, precision=None):
     import jax
     import jax.numpy as jnp
-    ka, kb = jax.random.split(jax.random.PRNGKey(n))
+    ka, kb = jax.random.split(jax.random.key(n))
     self.a = jax.random.normal(ka, (n, n), dtype)
     self.b = jax.random.normal(kb, (n, n), dtype)
     f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=precision))
