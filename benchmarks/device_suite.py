@@ -392,7 +392,7 @@ def main(argv=None):
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
     raise SystemExit(f"--sections: unknown {unknown}; valid: {list(SECTIONS)}")
-  if args.smoke and "peak" not in sections and "train_step" in sections:
+  if "train_step" in sections and "peak" not in sections:
     sections.insert(0, "peak")  # MFU needs the peak
   cpu_devices = args.cpu_devices or (2 if args.smoke else 0)
   if cpu_devices:  # read when the CPU client starts, i.e. before the first JAX call
