@@ -110,7 +110,7 @@ def _config_dict(config: Mapping[str, Any], seed: int, weighting=None) -> ml_col
 
 
 def build(config: Mapping[str, Any], seed: int = 0, host_init: bool = False,
-          weighting=None, params=None, wrap_strategy=None) -> Built:
+          weighting=None, params=None, wrap_strategy=None, sample=None) -> Built:
   """The library's program (``mtl_jax.run.build_program``) from a config dict.
 
   ``config`` keys: those of a training config (``tasks``, ``model``,
@@ -119,10 +119,13 @@ def build(config: Mapping[str, Any], seed: int = 0, host_init: bool = False,
   ``input_shape`` (per example). ``host_init`` draws the parameters with
   NumPy instead of compiling ``model.init`` (for --quick runs; step times do
   not depend on the values). ``weighting`` overrides ``config["weighting"]``;
-  ``params`` and ``wrap_strategy`` are passed to ``build_program``.
+  ``params`` and ``wrap_strategy`` are passed to ``build_program``. ``sample``: the
+  [1, ...] example to initialise with (a dict for token inputs); default float zeros
+  of ``input_shape``.
   """
   cfg = _config_dict(config, seed, weighting)
-  sample = np.zeros((1,) + tuple(config["input_shape"]), np.float32)
+  if sample is None:
+    sample = np.zeros((1,) + tuple(config["input_shape"]), np.float32)
   if host_init and params is None:
     from mtl_jax import tasks as tasks_lib
     from mtl_jax.models import build_model
@@ -168,19 +171,30 @@ def block(tree) -> None:
 
 
 class StepTimer:
-  """A compiled train step with its own (donated, threaded) state and a fixed batch."""
+  """A compiled train step with its own (donated, threaded) state and a fixed batch.
 
-  def __init__(self, built: Built, batch, donate: bool = True):
-    jitted = jax.jit(built.step_fn, donate_argnums=0 if donate else ())
+  ``mesh``: compile under the shardings ``mtl_jax.run.setup`` gives the step (the
+  state per ``config.sharding``, the batch on the ``data`` axis); default one device.
+  """
+
+  def __init__(self, built: Built, batch, donate: bool = True, mesh=None):
+    kwargs, state_sh = {}, None
+    if mesh is not None:
+      from mtl_jax import parallel, sharding
+      state_sh = sharding.state_shardings(built.state, mesh)
+      batch = jax.device_put(batch, parallel.data_sharding(mesh))
+      kwargs = dict(in_shardings=(state_sh, parallel.data_sharding(mesh)),
+                    out_shardings=(state_sh, parallel.replicated(mesh)))
+    jitted = jax.jit(built.step_fn, donate_argnums=0 if donate else (), **kwargs)
     t0 = time.perf_counter()
-    lowered = jitted.lower(built.state, batch)
+    self.lowered = jitted.lower(built.state, batch)
     t1 = time.perf_counter()
-    self.compiled = lowered.compile()
+    self.compiled = self.lowered.compile()
     t2 = time.perf_counter()
     self.lower_s, self.compile_s = t1 - t0, t2 - t1
     # Donation would invalidate built.state; keep the caller's copy intact (a host
     # round trip: no per-shape copy kernels to compile).
-    self.state = jax.device_put(jax.device_get(built.state))
+    self.state = jax.device_put(jax.device_get(built.state), state_sh)
     self.batch = batch
 
   def run(self, n: int) -> float:

@@ -29,7 +29,6 @@ def child(args):
   import common
   import jax
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
   from mtl_jax import parallel, sharding
   from mtl_jax.run import build_program
 
@@ -48,21 +47,7 @@ def child(args):
     built = common.Built(program, (width,), batch, config)
     if batch_arrays is None:
       batch_arrays = common.random_batch(built.specs, batch, (width,))
-    data = jax.device_put(batch_arrays, NamedSharding(mesh, P(parallel.DATA_AXIS)))
-    state_sh = sharding.state_shardings(program.state, mesh)
-
-    class Timer(common.StepTimer):
-      def __init__(self, built, batch):  # the setup's shardings, not StepTimer's defaults
-        import time
-        jitted = jax.jit(built.step_fn, in_shardings=(state_sh, NamedSharding(mesh, P("data"))),
-                         out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=0)
-        t0 = time.perf_counter()
-        self.compiled = jitted.lower(built.state, batch).compile()
-        self.lower_s, self.compile_s = 0.0, time.perf_counter() - t0
-        self.state = jax.tree.map(lambda x: x.copy(), built.state)
-        self.batch = batch
-
-    timers[name] = Timer(built, data)
+    timers[name] = common.StepTimer(built, batch_arrays, mesh=mesh)  # setup's shardings
     per_device[name] = {"param_bytes_device0": sharding.per_device_bytes(program.state.params),
                         "param_bytes_total": sum(x.nbytes for x in
                                                  jax.tree.leaves(program.state.params))}
