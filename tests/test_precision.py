@@ -48,3 +48,30 @@ def test_bfloat16_compute_lands_near_float32(tmp_path):
 def test_bfloat16_parameters_are_stored_as_asked(tmp_path):
   _, params = _run(tmp_path, "bfp", dtype="bfloat16", param_dtype="bfloat16")
   assert all(str(np.asarray(x).dtype) == "bfloat16" for x in jax.tree.leaves(params))
+
+
+def test_bert_trunk_computes_in_model_dtype_unless_it_sets_its_own():
+  """bert's inputs are token ids, which the policy does not cast: without inheriting
+  ``model.dtype`` its matmuls would stay float32 on bf16-rounded weights."""
+  import jax.numpy as jnp
+  from mtl_jax.models import build_model
+  from mtl_jax.tasks import TaskSpec, group_tasks
+  groups = group_tasks([TaskSpec("t", "binary")])
+  trunk = dict(name="bert", vocab_size=11, hidden_size=8, num_layers=1, num_heads=2,
+               intermediate_size=16, max_position=8, pooling="cls")
+  inputs = {"input_ids": jnp.ones((2, 4), jnp.int32), "attention_mask": jnp.ones((2, 4))}
+
+  def dot_dtypes(model_config):
+    model = build_model(model_config, groups)
+    params = model.init(jax.random.PRNGKey(0), inputs)
+    hlo = jax.jit(model.apply).lower(params, inputs).as_text()
+    return model, {line.split("tensor<")[-1].split("x")[-1].rstrip(">") for line in
+                   hlo.splitlines() if "dot_general" in line and "->" in line}
+
+  model, dots = dot_dtypes({"sharing": "hard", "trunk": trunk, "dtype": "bfloat16"})
+  assert model.trunk["dtype"] == "bfloat16" and "bf16" in dots  # (the head reads f32 features)
+  model, dots = dot_dtypes({"sharing": "hard", "trunk": dict(trunk, dtype="float32"),
+                            "dtype": "bfloat16"})
+  assert model.trunk["dtype"] == "float32" and dots == {"f32"}  # an explicit trunk dtype wins
+  model, dots = dot_dtypes({"sharing": "hard", "trunk": trunk})
+  assert "dtype" not in model.trunk and dots == {"f32"}  # nothing injected without model.dtype

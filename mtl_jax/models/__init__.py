@@ -19,6 +19,7 @@ def build_model(model_config, groups: Sequence[TaskGroup]) -> nn.Module:
   kwargs = dict(model_config)
   for key in ("dtype", "param_dtype"):  # the precision policy (mtl_jax/precision.py), not the module's
     kwargs.pop(key, None)
+  kwargs = _trunk_inherits_dtype(kwargs, model_config.get("dtype"))
   cls = SHARING.get(kwargs.pop("sharing", "hard"))
   valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "groups")]
   unknown = sorted(set(kwargs) - set(valid))
@@ -31,3 +32,18 @@ def build_model(model_config, groups: Sequence[TaskGroup]) -> nn.Module:
     elif isinstance(v, list):
       kwargs[k] = tuple(v)
   return cls(groups=tuple(groups), **kwargs)
+
+
+def _trunk_inherits_dtype(kwargs, compute_dtype):
+  """A trunk that computes in a ``dtype`` field of its own (``bert``: its inputs are token ids,
+  which the precision policy does not cast) takes ``model.dtype`` unless it sets one itself;
+  otherwise ``model.dtype="bfloat16"`` would leave its matmuls in float32 on bf16-rounded
+  weights, silently."""
+  trunk = kwargs.get("trunk")
+  if not compute_dtype or trunk is None:
+    return kwargs
+  trunk = trunk.to_dict() if hasattr(trunk, "to_dict") else dict(trunk)
+  cls = TRUNKS.get(trunk["name"]) if "name" in trunk and trunk["name"] in TRUNKS else None
+  if cls is None or "dtype" not in cls.__dataclass_fields__ or "dtype" in trunk:
+    return kwargs
+  return dict(kwargs, trunk=dict(trunk, dtype=compute_dtype))
