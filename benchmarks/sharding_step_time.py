@@ -23,7 +23,10 @@ LAYOUTS = {"replicated": ("replicated", 1), "fsdp": ("fsdp", 1),
 
 
 def child(args):
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  os.environ["XLA_FLAGS"] = " ".join(  # the caller's flags, with this device count
+      [f for f in os.environ.get("XLA_FLAGS", "").split()
+       if not f.startswith("--xla_force_host_platform_device_count")]
+      + [f"--xla_force_host_platform_device_count={args.devices}"])
   sys.path.insert(0, HERE)
   sys.path.insert(0, os.path.dirname(HERE))
   import common
@@ -73,7 +76,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
   if args.child:
     return child(args)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ)
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(args.devices),
          "--width", str(args.width), "--batch", str(args.batch), "--repeats", str(args.repeats),
          "--steps", str(args.steps)] + (["--quick"] if args.quick else [])

@@ -104,13 +104,52 @@ def benchmark_env() -> dict:
   return env
 
 
-def run_benchmark(script: str, *args: str, timeout: int = 300) -> dict:
-  """Runs ``benchmarks/<script>`` with ``args``; returns the one JSON object it prints."""
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
-                        cwd=ROOT, env=benchmark_env(), capture_output=True, text=True,
-                        timeout=timeout)
-  assert proc.returncode == 0, f"{script} exited {proc.returncode}; stderr:\n{proc.stderr[-3000:]}"
+class _BenchServer:
+  """One ``tests/_bench_server.py`` process per test process, started on first use: the
+  benchmark scripts share its imports (see that file for why)."""
+  proc = None
+  log = None
+
+  @classmethod
+  def run(cls, script: str, args, timeout: int):
+    import select
+    import tempfile
+    if cls.proc is None or cls.proc.poll() is not None:
+      cls.log = tempfile.NamedTemporaryFile("w+", prefix="bench_server_", suffix=".log")
+      cls.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "_bench_server.py")],
+                                  cwd=ROOT, env=benchmark_env(), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=cls.log, text=True)
+    start = cls.log.seek(0, 2)
+    cls.proc.stdin.write(json.dumps({"script": script, "args": list(args)}) + "\n")
+    cls.proc.stdin.flush()
+    ready, _, _ = select.select([cls.proc.stdout], [], [], timeout)
+    line = cls.proc.stdout.readline() if ready else ""
+    cls.log.seek(start)
+    stderr = cls.log.read()
+    if not line:  # timed out or died: the next call starts a fresh server
+      cls.proc.kill()
+      cls.proc.wait()
+      raise AssertionError(f"{script} gave no answer within {timeout} s (exit code "
+                           f"{cls.proc.returncode}); stderr:\n{stderr[-3000:]}")
+    answer = json.loads(line)
+    return answer["rc"], answer["stdout"], (stderr + answer["error"])
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 300, fresh: bool = False) -> dict:
+  """Runs ``benchmarks/<script>`` with ``args``; returns the one JSON object it prints.
+
+  Scripts run one after another in a shared server process (``tests/_bench_server.py``);
+  ``fresh=True`` runs this one in a subprocess of its own (e.g. when it sets XLA_FLAGS).
+  """
+  path = os.path.join(ROOT, "benchmarks", script)
+  if fresh:
+    proc = subprocess.run([sys.executable, path, *args], cwd=ROOT, env=benchmark_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+  else:
+    rc, stdout, stderr = _BenchServer.run(path, args, timeout)
+  assert rc == 0, f"{script} exited {rc}; stderr:\n{stderr[-3000:]}"
   try:
-    return json.loads(proc.stdout)  # stdout must be exactly one JSON object
+    return json.loads(stdout)  # stdout must be exactly one JSON object
   except json.JSONDecodeError as e:
-    raise AssertionError(f"{script}: stdout is not one JSON object ({e}):\n{proc.stdout[:2000]}")
+    raise AssertionError(f"{script}: stdout is not one JSON object ({e}):\n{stdout[:2000]}")

@@ -1,22 +1,17 @@
-"""Smoke test of the benchmark scripts: each runs with --quick in a subprocess and
-prints one JSON object with the expected keys and positive times.
+"""Smoke test of the benchmark scripts: each runs with --quick (in the shared benchmark
+process of tests/conftest.py ``run_benchmark``) and prints one JSON object with the expected
+keys and positive times.
 
 The performance targets themselves are measured by the full runs (``make bench``),
 never asserted here: a shared CI machine is too noisy for that.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import benchmark_env
+from conftest import run_benchmark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
 # Script -> extra arguments (after --quick --repeats 2).
 SCRIPTS = {"many_tasks_step_time": ("--steps", "1"), "frozen_trunk_step_time": ("--steps", "1"),
            "weighting_step_time": ("--steps", "1"), "cached_probe_epoch_time": (),
@@ -28,30 +23,21 @@ TIMEOUTS = {"num_seeds_time": 300}
 
 @pytest.fixture(scope="module")
 def outputs():
-  """Runs the scripts at once (they are mostly compile time) and collects their output."""
-  env = benchmark_env()  # cheap XLA codegen: compile time is most of a --quick run
-  procs = {name: subprocess.Popen(
-      [sys.executable, os.path.join(BENCH, f"{name}.py"), "--quick", "--repeats", "2", *extra],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for name, extra in SCRIPTS.items()}
+  """Each script's JSON, or the AssertionError its run raised (re-raised by its own test)."""
   results = {}
-  for name, proc in procs.items():
+  for name, extra in SCRIPTS.items():
     try:
-      out, err = proc.communicate(timeout=TIMEOUTS.get(name, 180))
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      out, err = proc.communicate()
-    results[name] = (proc.returncode, out, err)
+      results[name] = run_benchmark(f"{name}.py", "--quick", "--repeats", "2", *extra,
+                                    timeout=TIMEOUTS.get(name, 180))
+    except AssertionError as e:
+      results[name] = e
   return results
 
 
 def _parse(outputs, name):
-  rc, out, err = outputs[name]
-  assert rc == 0, f"{name} exited with {rc}; stderr:\n{err[-3000:]}"
-  try:
-    return json.loads(out)  # stdout must be exactly one JSON object
-  except json.JSONDecodeError as e:
-    raise AssertionError(f"{name}: stdout is not one JSON object ({e}):\n{out[:2000]}")
+  if isinstance(outputs[name], AssertionError):
+    raise outputs[name]
+  return outputs[name]
 
 
 def _positive(x):

@@ -23,7 +23,7 @@ MODELS = ("mlp", "resnet18", "vit_ti", "bert_minilm")
 
 @pytest.fixture(scope="module")
 def suite():
-  return run_benchmark("device_suite.py", "--smoke", timeout=300)
+  return run_benchmark("device_suite.py", "--smoke", timeout=300, fresh=True)  # sets XLA_FLAGS
 
 
 def positive(x):
