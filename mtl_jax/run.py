@@ -25,7 +25,8 @@ from mtl_jax.models.sharing import layout as sharing_layout
 from mtl_jax.replicas import Replicas
 from mtl_jax.step import TrainState, make_eval_step, make_train_step
 from mtl_jax.weighting.representation_strategy import RepresentationStrategy
-from mtl_jax.weighting.strategy import WeightingStrategy, build_strategy
+from mtl_jax.weighting.factory import build_strategy
+from mtl_jax.weighting.strategy import WeightingStrategy
 
 
 @dataclasses.dataclass
