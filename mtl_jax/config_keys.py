@@ -25,20 +25,23 @@ class ConfigError(ValueError):
   """A config key or value is invalid; the message names the key and the valid range."""
 
 
-class _Unset:
+class _Marker:
+  def __init__(self, name):
+    self.name = name
+
   def __repr__(self):
-    return "unset"
+    return self.name
 
 
-UNSET = _Unset()        # no default: absent unless set (a component's own default applies)
-REQUIRED_KEY = "required"
+UNSET = _Marker("unset")        # no default: absent unless set (a component's default applies)
+MANDATORY = _Marker("required")  # must be set (at the top level: by the config file)
 
 
 @dataclasses.dataclass(frozen=True)
 class Key:
   path: str
   type: Any              # a typing annotation: int, Optional[int], Sequence[int], dict, Any, ...
-  default: Any           # the value, UNSET, or REQUIRED_KEY
+  default: Any           # the value, UNSET or MANDATORY
   doc: str
 
 
@@ -60,11 +63,11 @@ _SEQ_DICT = Sequence[dict]
 
 SCHEMA: Tuple[Any, ...] = (
     # ---- data and tasks
-    Options("data", (("data.name", "dataset", None),), ("name",), REQUIRED_KEY,
+    Options("data", (("data.name", "dataset", None),), ("name",), MANDATORY,
             "dict(name=registered dataset, **its builder's options); not with datasets "
             "(docs/datasets.md)", dict),
-    Key("data.name", _S, REQUIRED_KEY, "a registered dataset (mtl_jax/data/)"),
-    Key("tasks", _SEQ_DICT, REQUIRED_KEY,
+    Key("data.name", _S, MANDATORY, "a registered dataset (mtl_jax/data/)"),
+    Key("tasks", _SEQ_DICT, MANDATORY,
         "[dict(name=, kind=, num_outputs=1, weight=1.0, metrics=())] (docs/tasks.md)"),
     Key("datasets", Optional[_SEQ_DICT], None,
         "instead of data: [dict(name=, tasks=[...], alias=, weight=, **options)]"),
@@ -78,14 +81,14 @@ SCHEMA: Tuple[Any, ...] = (
     Key("prefetch_batches", _I, 0, ">0: the train feed prepares that many batches ahead"),
     # ---- model
     Options("model", (("model.sharing", "sharing scheme", "hard"),),
-            ("sharing", "dtype", "param_dtype"), REQUIRED_KEY,
+            ("sharing", "dtype", "param_dtype"), MANDATORY,
             "dict(sharing=scheme, trunk=dict(...), **the scheme's options) (docs/sharing.md)",
             dict),
     Key("model.sharing", _S, "hard",
         "hard | single_task | soft | mmoe | omoe | cross_stitch | pooled"),
-    Options("model.trunk", (("model.trunk.name", "trunk", None),), ("name",), REQUIRED_KEY,
+    Options("model.trunk", (("model.trunk.name", "trunk", None),), ("name",), MANDATORY,
             "dict(name=registered trunk, **its options: the trunk class's fields)", dict),
-    Key("model.trunk.name", _S, REQUIRED_KEY, "mlp | cnn | lenet | bert | resnet | vit | ..."),
+    Key("model.trunk.name", _S, MANDATORY, "mlp | cnn | lenet | bert | resnet | vit | ..."),
     Key("model.dtype", _S, "float32", "compute dtype (bfloat16: float32 params, losses, weights)"),
     Key("model.param_dtype", _S, "float32", "stored parameter dtype"),
     Key("model.route_heads", _B, False,
@@ -94,9 +97,9 @@ SCHEMA: Tuple[Any, ...] = (
     Key("model.num_experts", _I, 8, "(mmoe, omoe) number of experts"),
     Key("model.stitch_diagonal", _F, 0.9, "(cross_stitch) initial self-weight of each unit"),
     # ---- optimization
-    Key("optimizer", dict, REQUIRED_KEY, "dict(name=, learning_rate=, ...) (mtl_jax/optim.py)"),
+    Key("optimizer", dict, MANDATORY, "dict(name=, learning_rate=, ...) (mtl_jax/optim.py)"),
     Key("optimizer.name", _S, "adam", "adam | adamw | sgd"),
-    Key("optimizer.learning_rate", _F, REQUIRED_KEY, "peak learning rate (> 0)"),
+    Key("optimizer.learning_rate", _F, MANDATORY, "peak learning rate (> 0)"),
     Key("optimizer.schedule", _S, "constant", "constant | cosine | linear (decay to 0)"),
     Key("optimizer.warmup_steps", _I, 0, "linear warm-up steps"),
     Key("optimizer.grad_clip_norm", Optional[_F], None, "global-norm clipping (None/0: off)"),
@@ -104,8 +107,8 @@ SCHEMA: Tuple[Any, ...] = (
     Key("optimizer.momentum", Optional[_F], None, "(sgd) momentum in [0, 1)"),
     Key("param_groups", Sequence[tuple], [(".*", 1.0)],
         "[(regex, lr_mult or None=frozen)], first match wins, all parameters covered"),
-    Key("batch_size", _I, REQUIRED_KEY, "global train batch (all devices, all microbatches)"),
-    Key("num_train_steps", _I, REQUIRED_KEY, "optimizer updates"),
+    Key("batch_size", _I, MANDATORY, "global train batch (all devices, all microbatches)"),
+    Key("num_train_steps", _I, MANDATORY, "optimizer updates"),
     Key("grad_accum_steps", _I, 1, "K microbatches per update, same update as the whole batch"),
     Key("regularizers", _SEQ_DICT, [], "[dict(name=, weight=, select=regex)] added to the loss"),
     # ---- multi-task weighting
@@ -128,14 +131,14 @@ SCHEMA: Tuple[Any, ...] = (
     Key("weighting.gramian_chunk", _I, 1, "rows of G mapped at a time (gramian_engine='rows')"),
     # ---- transfer
     Key("transfer", Optional[dict], None, "a transfer strategy from an upstream workdir"),
-    Key("transfer.strategy", _S, REQUIRED_KEY, "scratch | linear_probe | cached_probe[:K] | "
+    Key("transfer.strategy", _S, MANDATORY, "scratch | linear_probe | cached_probe[:K] | "
         "finetune | freeze_bottom:N | truncate:K"),
     Key("transfer.upstream", _S, UNSET, "upstream workdir or Hugging Face directory"),
     Key("transfer.trunk_lr_mult", _F, 1.0, "(finetune) trunk learning-rate multiplier"),
     Key("transfer.layer_decay", _F, 1.0, "(finetune) lr x decay^(blocks above)"),
     Key("transfer.finetune_truncated", _B, False, "(truncate) also train the kept blocks"),
     Key("init_from", Optional[dict], None, "partial load of a checkpoint before training"),
-    Key("init_from.workdir", _S, REQUIRED_KEY, "workdir or Hugging Face directory to load"),
+    Key("init_from.workdir", _S, MANDATORY, "workdir or Hugging Face directory to load"),
     Key("init_from.step", Optional[_I], None, "checkpoint step (None: the latest intact)"),
     Key("init_from.load", _S, ".*", "regex of the parameters to copy"),
     Key("init_from.skip", Optional[_S], None, "regex of parameters not to copy"),
@@ -157,9 +160,9 @@ SCHEMA: Tuple[Any, ...] = (
 
 BY_PATH: Dict[str, Any] = {e.path: e for e in SCHEMA}
 TOP_LEVEL = tuple(e.path for e in SCHEMA if "." not in e.path)
-REQUIRED = tuple(k for k in TOP_LEVEL if BY_PATH[k].default == REQUIRED_KEY)
+REQUIRED = tuple(k for k in TOP_LEVEL if BY_PATH[k].default is MANDATORY)
 DEFAULTS: Dict[str, Any] = {k: BY_PATH[k].default for k in TOP_LEVEL
-                            if BY_PATH[k].default not in (REQUIRED_KEY, UNSET)}
+                            if BY_PATH[k].default not in (MANDATORY, UNSET)}
 
 
 def children(path: str) -> Tuple[str, ...]:

@@ -44,7 +44,9 @@ def check_weighting(weighting_config) -> Choice:
   if not cfg.get("aggregator"):
     for key in ("gramian_engine", "gramian_chunk"):
       if key in cfg:
-        raise ConfigError(f"weighting.{key} applies to aggregators in mode='gramian' only")
+        raise ConfigError(f"weighting.{key} applies to aggregators in mode='gramian' only, "
+                          f"not to the loss weighting {cfg.get('name', 'equal')!r}; set "
+                          "weighting.aggregator (e.g. 'upgrad') to use it")
     if "mode" in cfg:
       raise ConfigError("weighting.mode applies to aggregators only; a loss weighting "
                         f"({cfg.get('name', 'equal')!r}) has no mode")
