@@ -387,3 +387,17 @@ def _set(tree: Dict[str, Any], path: str, value) -> None:
                         f"not a dict, so it has no key {parts[i + 1]!r}")
     node = child
   node[parts[-1]] = value
+
+
+def describe() -> str:
+  """The schema as text, one key a line: ``python -m mtl_jax.config_cli``."""
+  lines = []
+  for e in config_keys.SCHEMA:
+    extra = (f" (keys: the options of the {' or '.join(s[1] for s in e.selectors)} it names)"
+             if isinstance(e, Options) else "")
+    lines.append(f"{e.path:30s} {_describe(e.path)}{extra}")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  print(describe())

@@ -53,6 +53,13 @@ def test_every_documented_key_is_in_the_schema():
   assert not missing, f"documented keys missing from mtl_jax/config_keys.py: {missing}"
 
 
+def test_the_listing_shows_every_key_with_its_type_and_default():
+  lines = config_cli.describe().splitlines()
+  assert [line.split()[0] for line in lines] == [e.path for e in config_keys.SCHEMA]
+  assert "model.route_heads              True or False, default False: (hard, pooled)" in lines[
+      [e.path for e in config_keys.SCHEMA].index("model.route_heads")]
+
+
 def test_schema_matches_the_options_the_code_reads():
   from mtl_jax import optim, partial_load, transfer
   from mtl_jax.data import mixing
