@@ -91,13 +91,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def resolve(config, overrides: Sequence[Override] = ()) -> ml_collections.ConfigDict:
-  """``config`` with ``overrides`` applied and the absent top-level defaults filled in."""
+  """``config`` (not modified) with ``overrides`` applied and the absent top-level defaults
+  filled in, as a new unlocked ConfigDict."""
   return ml_collections.ConfigDict(config_keys.with_defaults(_apply(config, overrides)))
-
-
-def apply_overrides(config, overrides: Sequence[Override]) -> ml_collections.ConfigDict:
-  """``config`` (not modified) with ``overrides`` applied, unlocked; nothing else filled in."""
-  return ml_collections.ConfigDict(_apply(config, overrides))
 
 
 def to_json(config) -> str:
