@@ -156,6 +156,16 @@ def test_invalid_combinations_fail_before_data_loads_naming_the_key():
                                               "--config.weighting.gramian_engine=rows"))
 
 
+def test_config_file_errors_are_config_errors(tmp_path):
+  with pytest.raises(ConfigError, match=r"--config=nope.py:x: no config file 'nope.py'"):
+    config_cli.load_config("nope.py:x")
+  (tmp_path / "c.py").write_text("X = 1\n")
+  with pytest.raises(ConfigError, match="defines no get_config"):
+    config_cli.load_config(str(tmp_path / "c.py"))
+  with pytest.raises(ConfigError, match=r"unknown config argument\(s\) \['runlocl'\]"):
+    config_cli.load_config(QUICKSTART + ":runlocl")
+
+
 def test_split_argv_keeps_absl_flags_and_order():
   rest, ov = config_cli.split_argv(["prog", "--config=c.py:x", "--config.a.b=1", "--workdir=w",
                                     "-config.c=(1, 2)", "--noconfig.d", "--", "--config.e=1"])
