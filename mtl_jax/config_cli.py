@@ -143,9 +143,14 @@ def key_type(path: str, tree: Dict[str, Any]) -> Any:
     return entry.type
   anchor = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)
                  if ".".join(parts[:i]) in BY_PATH), None)
+  owner = BY_PATH.get(anchor)
+  if not isinstance(owner, Options) and _is_set(tree, path):
+    # Not in the schema but set by the file (a key a fork added): its value's type, as
+    # ml_collections does; config_validation still decides whether the key is valid.
+    return _type_of(_lookup(tree, path))
   if anchor is None:
     raise _unknown(path, {k: _describe(k) for k in config_keys.TOP_LEVEL})
-  owner, rest = BY_PATH[anchor], parts[len(anchor.split(".")):]
+  rest = parts[len(anchor.split(".")):]
   if isinstance(owner, Options):
     typ = _check_option(owner, rest[0], tree)
   elif config_keys.children(anchor):
@@ -369,6 +374,20 @@ def _lookup(tree, path: str):
       return None
     node = node[k]
   return node
+
+
+def _is_set(tree, path: str) -> bool:
+  parent, _, key = path.rpartition(".")
+  node = _lookup(tree, parent) if parent else tree
+  return isinstance(node, dict) and key in node
+
+
+def _type_of(value) -> Any:
+  if value is None:
+    return Any
+  if isinstance(value, (list, tuple)):
+    return Sequence
+  return dict if isinstance(value, dict) else type(value)
 
 
 def _set(tree: Dict[str, Any], path: str, value) -> None:
