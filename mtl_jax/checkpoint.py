@@ -32,6 +32,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mtl_jax import config_keys
+
 # Keys that may change between runs on one workdir (e.g. to train longer).
 RESUMABLE_KEYS = ("num_train_steps", "log_every_steps", "eval_every_steps",
                   "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
@@ -69,7 +71,9 @@ def check_workdir_config(workdir: str, config_json: str, is_main: bool = True) -
 
   The guard applies once the workdir holds a checkpoint (a run that failed
   before its first save can be rerun with a fixed config). Comparison is on
-  the JSON form, so ``(1, 2)`` and ``[1, 2]`` are equal.
+  the JSON form, so ``(1, 2)`` and ``[1, 2]`` are equal, with absent top-level keys
+  read as their defaults (``config_keys.DEFAULTS``): a config.json written with the
+  defaults filled in (``python -m mtl_jax.main``) and one without resume each other.
   """
   path = os.path.join(workdir, "config.json")
   new = json.loads(config_json)
@@ -77,7 +81,7 @@ def check_workdir_config(workdir: str, config_json: str, is_main: bool = True) -
   has_checkpoint = os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))
   if os.path.exists(path) and has_checkpoint:
     old = _read_workdir_config(path)
-    a, b = _flatten(old), _flatten(new)
+    a, b = (_flatten(json.loads(json.dumps(config_keys.with_defaults(c)))) for c in (old, new))
     differ = sorted(k for k in set(a) | set(b)
                     if a.get(k, "<absent>") != b.get(k, "<absent>")
                     and k.split(".")[0] not in RESUMABLE_KEYS)

@@ -5,7 +5,9 @@
 message instead of a ZeroDivisionError deep in the pipeline, or (worse) a run
 that trains nothing and reports a number. Registry names (dataset, sharing,
 optimizer, ...) are checked where they are looked up; option names of the
-optimizer are checked by ``optim.check_options``.
+optimizer are checked by ``optim.check_options``; those of the weighting by
+``weighting.factory.check_weighting``. ``check_config_keys`` (unknown or
+missing top-level keys, then the values) is what ``run.setup`` calls.
 """
 
 import numbers
@@ -13,6 +15,7 @@ from typing import Any, Callable, Iterator, Tuple
 
 from mtl_jax import config_keys, optim
 from mtl_jax.config_keys import ConfigError  # noqa: F401  (re-exported)
+from mtl_jax.weighting.factory import check_weighting
 
 
 def _is_int(v) -> bool:
@@ -132,6 +135,21 @@ def validate_config(config) -> None:
     _check_data(ds)
   _check_mesh(get("mesh"), get("grad_accum_steps"))
   _check_regularizers(get("regularizers"))
+  check_weighting(_to_dict(get("weighting")))
+
+
+def check_config_keys(config) -> None:
+  """Unknown or missing top-level keys fail with the valid list (a typo is never ignored),
+  then ``validate_config``."""
+  valid = set(config_keys.TOP_LEVEL)
+  unknown = sorted(set(config.keys()) - valid)
+  if unknown:
+    raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(valid)}")
+  missing = [k for k in config_keys.REQUIRED if k not in config
+             and not (k == "data" and config.get("datasets"))]  # datasets replace data
+  if missing:
+    raise ConfigError(f"config is missing required keys {missing}")
+  validate_config(config)
 
 
 def check_config_arg(arg: str, valid, config_file: str) -> None:

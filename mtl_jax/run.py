@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl_jax import (config_keys, optim, parallel, partial_load, precision, regularizers, routing,
-                     sharding, tasks, transfer)
+from mtl_jax import (config_keys, config_validation, optim, parallel, partial_load, precision,
+                     regularizers, routing, sharding, tasks, transfer)
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
 from mtl_jax.data.checks import check_splits
@@ -25,7 +25,8 @@ from mtl_jax.models.sharing import layout as sharing_layout
 from mtl_jax.replicas import Replicas
 from mtl_jax.step import TrainState, make_eval_step, make_train_step
 from mtl_jax.weighting.representation_strategy import RepresentationStrategy
-from mtl_jax.weighting.strategy import WeightingStrategy, build_strategy
+from mtl_jax.weighting.factory import build_strategy
+from mtl_jax.weighting.strategy import WeightingStrategy
 
 
 @dataclasses.dataclass
@@ -169,7 +170,7 @@ def load_splits(config, specs) -> Dict[str, Any]:
 
 def setup(config, workdir: str, mesh=None) -> Run:
   """Everything ``train_and_evaluate`` needs, resumed from ``workdir`` if it holds a checkpoint."""
-  config_keys.check_config_keys(config)
+  config_validation.check_config_keys(config)
   is_main = jax.process_index() == 0
   check_workdir_config(workdir, config.to_json(), is_main)
   plan = transfer.plan(config)

@@ -17,7 +17,8 @@ import optax
 from mtl_jax import losses, routing, tasks
 from mtl_jax.models.sharing import TASK_FEATURES, variables, zero_perturbations
 from mtl_jax.precision import Policy
-from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy, build_strategy
+from mtl_jax.weighting.factory import build_strategy
+from mtl_jax.weighting.strategy import LossProblem, WeightingStrategy
 
 
 @flax.struct.dataclass

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import ROOT
-from mtl_jax import config_keys, tasks, transfer
+from mtl_jax import config_validation, tasks, transfer
 from mtl_jax.data import DATASETS
 from mtl_jax.models.sharing import SHARING
 
@@ -20,7 +20,7 @@ def test_config_is_valid(name):
   module = importlib.import_module(f"configs.{name}")
   assert module.__doc__ and "python -m mtl_jax.main" in module.__doc__, "docstring must give the command"
   c = module.get_config()
-  config_keys.check_config_keys(c)
+  config_validation.check_config_keys(c)
   tasks.specs_from_config(c.tasks)
   for d in c.get("datasets") or [c.data]:  # several datasets (docs/datasets.md) or one
     assert d["name"] in DATASETS

@@ -14,7 +14,8 @@ from mtl_jax.tasks import TaskSpec, group_tasks
 from mtl_jax.weighting import AGGREGATORS
 from mtl_jax.weighting.gramian_strategy import GramianStrategy
 from mtl_jax.weighting.jacobian_strategy import JacobianStrategy
-from mtl_jax.weighting.strategy import LossProblem, build_strategy
+from mtl_jax.weighting.factory import build_strategy
+from mtl_jax.weighting.strategy import LossProblem
 
 SPECS = (TaskSpec("a", "binary"), TaskSpec("b", "multiclass", 3), TaskSpec("c", "regression"))
 GROUPS = group_tasks(SPECS)

@@ -10,7 +10,7 @@ import pytest
 from conftest import flat_params, tiny_config
 from mtl_jax.run import build_program
 from mtl_jax.weighting.gramian_strategy import GramianStrategy
-from mtl_jax.weighting.strategy import build_strategy
+from mtl_jax.weighting.factory import build_strategy
 from test_gramian_path import PARAMS, PROBLEM, _problem
 
 

@@ -1,7 +1,8 @@
 """How per-task losses become one parameter update: three strategies behind one interface.
 
-``config.weighting`` picks one (``build_strategy``), and the train step uses it
-without knowing which it holds:
+``config.weighting`` picks one (``mtl_jax/weighting/factory.py``, the module
+above the strategies: interface here, implementations above it, the factory
+on top), and the train step uses it without knowing which it holds:
 
     grads, carry, metrics = strategy.gradients(problem, params, wstate, rng)
     ... apply the optimizer update ...
@@ -32,12 +33,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-
-from mtl_jax import paths
-
-OPTIONS = ("name", "aggregator", "mode", "shared", "options", "log_task_gradients",
-           "gramian_engine", "gramian_chunk")
-MODES = ("gramian", "jacobian", "representation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,83 +107,3 @@ class WeightingStrategy:
   def update_state(self, problem: LossProblem, wstate, carry, new_params, step, rng):
     """The weighting state after the model update (whatever the method needs)."""
     return wstate
-
-
-def last_block_kernel(params, blocks: str) -> str:
-  """Regex for the kernel(s) of the last ``<blocks>/block_i`` (GradNorm's default layer)."""
-  prefix = blocks.split("/")
-  found = sorted({int(k[len(prefix)][len("block_"):]) for k in
-                  (tuple(p.split("/")) for p in paths.flatten(params))
-                  if k[:len(prefix)] == tuple(prefix) and len(k) > len(prefix)
-                  and k[len(prefix)].startswith("block_")})
-  if not found:
-    raise ValueError(f"no {blocks}/block_i parameters to pick the last shared layer from; "
-                     "pass options.layer_regex")
-  return f"{blocks}/block_{found[-1]}/.*kernel"
-
-
-def build_strategy(weighting_config, num_tasks: int, params, shared: str = "trunk/.*",
-                   blocks: str = "trunk") -> WeightingStrategy:
-  """The strategy ``config.weighting`` asks for.
-
-  ``shared`` and ``blocks`` are the sharing scheme's declared defaults (its
-  ``ParamLayout``); ``config.weighting.shared`` overrides ``shared``.
-  """
-  from mtl_jax.weighting.base import AGGREGATORS, GramianWeighted
-  from mtl_jax.weighting.gramian_strategy import GramianStrategy
-  from mtl_jax.weighting.jacobian_strategy import JacobianStrategy
-  from mtl_jax.weighting.loss import LOSS_WEIGHTINGS
-  from mtl_jax.weighting.loss_strategy import LossWeightingStrategy
-  from mtl_jax.weighting.representation_strategy import RepresentationStrategy
-
-  cfg = dict(weighting_config or {})
-  unknown = sorted(set(cfg) - set(OPTIONS))
-  if unknown:
-    raise ValueError(f"weighting: unknown options {unknown}; valid: {list(OPTIONS)}")
-  options = dict(cfg.get("options") or {})
-  mode = cfg.get("mode")
-  if mode not in (None,) + MODES:
-    raise ValueError(f"weighting.mode must be one of {list(MODES)}, got {mode!r}")
-  shared = cfg.get("shared", shared)
-  if cfg.get("aggregator"):
-    if cfg.get("name", "equal") != "equal":
-      raise ValueError("weighting: use either a loss weighting (name) or an aggregator, not both")
-    aggregator = AGGREGATORS.get(cfg["aggregator"])(**options)
-    gramian_weighted = isinstance(aggregator, GramianWeighted)
-    mode = mode or ("gramian" if gramian_weighted else "jacobian")
-    if mode in ("gramian", "representation") and not gramian_weighted:
-      raise ValueError(f"aggregator {cfg['aggregator']!r} is not Gramian-weighted (it needs the "
-                       f"Jacobian itself), so it cannot run with mode={mode!r}; use "
-                       "mode='jacobian'")
-    for key in ("gramian_engine", "gramian_chunk"):
-      if key in cfg and mode != "gramian":
-        raise ValueError(f"weighting.{key} applies to mode='gramian' only, not mode={mode!r}")
-    if "gramian_chunk" in cfg and cfg.get("gramian_engine") != "rows":
-      raise ValueError("weighting.gramian_chunk applies to gramian_engine='rows' only")
-    if mode == "representation":
-      return RepresentationStrategy(aggregator, num_tasks)
-    paths.require_match(params, shared, "weighting.shared")
-    if mode == "gramian":
-      return GramianStrategy(aggregator, num_tasks, paths.mask(params, shared),
-                             engine=cfg.get("gramian_engine", "leaf"),
-                             chunk=cfg.get("gramian_chunk", 1))
-    return JacobianStrategy(aggregator, num_tasks, paths.mask(params, shared))
-  for key in ("gramian_engine", "gramian_chunk"):
-    if key in cfg:
-      raise ValueError(f"weighting.{key} applies to aggregators in mode='gramian' only")
-  if "mode" in cfg:
-    raise ValueError("weighting.mode applies to aggregators only; a loss weighting "
-                     f"({cfg.get('name', 'equal')!r}) has no mode")
-  cls = LOSS_WEIGHTINGS.get(cfg.get("name", "equal"))
-  if cls.needs_layer_grad_norms and "layer_regex" not in options:
-    options["layer_regex"] = last_block_kernel(params, blocks)
-  method = cls(num_tasks=num_tasks, **options)
-  log = bool(cfg.get("log_task_gradients", False))
-  if log:
-    paths.require_match(params, shared, "weighting.shared")
-  layer_mask = None
-  if method.needs_layer_grad_norms:
-    paths.require_match(params, method.layer_regex, f"{cfg.get('name')}: layer_regex")
-    layer_mask = paths.mask(params, method.layer_regex)
-  return LossWeightingStrategy(method, num_tasks, paths.mask(params, shared) if log else None,
-                               layer_mask)
