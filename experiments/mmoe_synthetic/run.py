@@ -28,6 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
+from configs import mmoe_synthetic as mmoe_config  # noqa: E402
 from mtl_jax import sweep  # noqa: E402
 from mtl_jax.data.synthetic import mmoe_pair  # noqa: E402
 
@@ -45,18 +46,9 @@ SELECT_P, SELECT_SEEDS = 0.5, 3
 
 
 def _moe(sharing):
-  """Every mixture has 8 experts of one ReLU layer of 16 and towers of 8. CGC and each PLE
-  level: 4 shared + 2 per task; DSelect-k: per-example gates choosing k=2 of the 8."""
-  model = dict(sharing=sharing, trunk=dict(name="mlp", features=(16,)), head_hidden=(8,))
-  if sharing in ("cgc", "ple"):
-    model.update(num_shared_experts=4, num_task_experts=2)
-  else:
-    model.update(num_experts=8)
-  if sharing == "ple":
-    model.update(num_levels=2)
-  if sharing == "dselect_k":
-    model.update(num_selectors=2, gate="example")
-  return model
+  """The mixtures of configs/mmoe_synthetic.py: 8 experts of 16, towers of 8 (CGC and each PLE
+  level: 4 shared + 2 per task; DSelect-k: per-example gates choosing k=2 of the 8)."""
+  return mmoe_config.model_config(sharing)
 
 
 def _hard(width):

@@ -126,9 +126,13 @@ class _Extraction(nn.Module):
   path and stay out of the Gramian. (The task gates of the level just below
   the top also reach only their task's loss; they count as shared, with zero
   rows for the other tasks, since a path regex cannot name that level.)
+  ``body`` is the same set: the per-task parts are tied to the upstream's
+  tasks (as MMoE's gates). ``blocks``: the top level's shared experts, whose
+  last block is the last layer every task shares (GradNorm's default).
   """
   layout = ParamLayout(shared=r"extraction_\d+/.*|cgc/shared_experts/.*",
-                       body=r"extraction_\d+/.*|cgc/shared_experts/.*", blocks="cgc/shared_experts")
+                       body=r"extraction_\d+/.*|cgc/shared_experts/.*",
+                       blocks="cgc/shared_experts")
   task_features = True  # accepts the TASK_FEATURES perturbation (one level only)
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
