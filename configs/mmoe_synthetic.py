@@ -25,10 +25,15 @@ steps; one run each, measured on CPU at ~40 s per run; targets have variance ~7)
   mmoe   0.9   0.657   0.662
   mmoe   1.0   0.393   0.283
   omoe   0.5   1.170   1.090    (:0.5,omoe)
-@@FAMILY@@
+  cgc    0.5   0.706   0.567    (:0.5,cgc)
+  ple    0.5   0.138   0.154    (:0.5,ple; two levels, 17,586 parameters)
+  dselect_k 0.5 0.393  0.314    (:0.5,dselect_k)
+
 One seed is noisy (p=0.1 beats p=0.5 here); the paper's orderings are over
-many runs. With the dataset's default 8k train examples the model overfits (test MSE
-~7 after 3k steps), hence 100k.
+many runs. The cgc/ple/dselect_k rows took 25-42 CPU-s each;
+experiments/mmoe_synthetic compares the models over seeds (at 2,000 steps,
+where DSelect-k trails MMoE). With the dataset's default 8k train examples
+the model overfits (test MSE ~7 after 3k steps), hence 100k.
 """
 
 import ml_collections
