@@ -67,7 +67,8 @@ def _check_model(model) -> None:
              "a non-empty sequence of positive layer widths, e.g. (256, 256)")
     elif name in ("head_hidden", "kernel_sizes", "strides"):
       _check(key, v, _positive_ints, "a sequence of positive integers")
-    elif name in ("num_experts", "num_gates"):
+    elif name in ("num_experts", "num_gates", "num_shared_experts", "num_task_experts",
+                  "num_levels", "num_selectors"):
       _check(key, v, _int_at_least(1), "an integer >= 1")
     elif name == "dropout":
       _check(key, v, lambda v: _is_number(v) and 0 <= v < 1, "a rate in [0, 1)")
@@ -136,6 +137,11 @@ def validate_config(config) -> None:
   _check_mesh(get("mesh"), get("grad_accum_steps"))
   _check_regularizers(get("regularizers"))
   check_weighting(_to_dict(get("weighting")))
+  from mtl_jax.models.dselect_k import check_entropy_regularizer  # the scheme owns its rule
+  try:
+    check_entropy_regularizer(_to_dict(config.model), _to_dict(get("regularizers")))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def check_config_keys(config) -> None:

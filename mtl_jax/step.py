@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax import losses, routing, tasks
+from mtl_jax.models.columns import task_order
 from mtl_jax.models.sharing import TASK_FEATURES, variables, zero_perturbations
 from mtl_jax.precision import Policy
 from mtl_jax.weighting.factory import build_strategy
@@ -71,6 +72,11 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
   """
   weights = jnp.asarray([s.weight for s in specs], jnp.float32)
   routed = bool(getattr(model, "route_heads", False))  # mtl_jax/routing.py
+  # TASK_FEATURES copies come in spec order (the losses' order, so row t of the
+  # representation Jacobian is task t's); models route copy r to task_order(groups)[r].
+  names = [s.name for s in specs]
+  copy_rows = [names.index(n) for n in task_order(groups)]
+  reorder = copy_rows != list(range(len(names)))
 
   def freeze(params):
     return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
@@ -84,6 +90,8 @@ def make_train_step(*, model, tx, specs: Sequence[tasks.TaskSpec],
 
     def forward(params, z, inputs, labels, mask, rng):
       routes = routing.route_indices(groups, mask) if routed else None
+      if reorder and z is not None and TASK_FEATURES in z:
+        z = {**z, TASK_FEATURES: z[TASK_FEATURES][jnp.asarray(copy_rows)]}
       outputs = model.apply(variables(policy.for_compute(params), z, routes), inputs, train=True,
                             rngs={"dropout": rng})
       if routed:

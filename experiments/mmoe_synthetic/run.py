@@ -1,7 +1,8 @@
-"""Ma et al. (KDD 2018) synthetic study: shared-bottom vs OMoE vs MMoE as task
-correlation p varies.
+"""Ma et al. (KDD 2018) synthetic study: shared-bottom vs OMoE vs MMoE, and the later
+members of the family (CGC and PLE, Tang et al. 2020; DSelect-k, Hazimeh et al. 2021), as
+task correlation p varies.
 
-  python experiments/mmoe_synthetic/run.py [--seeds 10] [--steps 2000]
+  python experiments/mmoe_synthetic/run.py [--seeds 10] [--family_seeds 5] [--steps 2000]
 
 Each (model, p) cell is one ``num_seeds`` program (replica r = seed r: its own
 init and data order; the data, and so the two tasks, are the same for all
@@ -27,10 +28,13 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
+from configs import mmoe_synthetic as mmoe_config  # noqa: E402
 from mtl_jax import sweep  # noqa: E402
 from mtl_jax.data.synthetic import mmoe_pair  # noqa: E402
 
-MODELS = ("shared_bottom", "omoe", "mmoe")
+BASE_MODELS = ("shared_bottom", "omoe", "mmoe")
+FAMILY = ("cgc", "ple", "dselect_k")  # --family_seeds each (seeds 0.., paired with MMoE's)
+MODELS = BASE_MODELS + FAMILY
 PS = (0.5, 1.0, 0.9)  # run order: the p=0.5 / p=1 comparisons first
 CORR_PS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 PAPER_CORR = {0.0: 0.00, 0.1: 0.04, 0.5: 0.22, 0.9: 0.46, 1.0: 1.00}  # docs/references.md [v]
@@ -42,8 +46,9 @@ SELECT_P, SELECT_SEEDS = 0.5, 3
 
 
 def _moe(sharing):
-  return dict(sharing=sharing, trunk=dict(name="mlp", features=(16,)), num_experts=8,
-              head_hidden=(8,))
+  """The mixtures of configs/mmoe_synthetic.py: 8 experts of 16, towers of 8 (CGC and each PLE
+  level: 4 shared + 2 per task; DSelect-k: per-example gates choosing k=2 of the 8)."""
+  return mmoe_config.model_config(sharing)
 
 
 def _hard(width):
@@ -61,7 +66,8 @@ def param_counts():
   count = lambda m: count_params(build_model(ml_collections.ConfigDict(m), groups), x)  # noqa
   target = count(_moe("mmoe"))
   width = min(range(16, 256), key=lambda w: abs(count(_hard(w)) - target))
-  return {"mmoe": target, "omoe": count(_moe("omoe")), "shared_bottom": count(_hard(width))}, width
+  counts = {m: count(_moe(m)) for m in ("omoe",) + FAMILY}
+  return {"mmoe": target, **counts, "shared_bottom": count(_hard(width))}, width
 
 
 def make_config(cell, seed, steps=None, width=None, lr=None):
@@ -142,6 +148,18 @@ def _fmt(values):
   return f"{m:.3f} ± {se:.3f}" if n else ""
 
 
+def _by_seed(rows, cell):
+  """{seed: final test MSE, mean of y1 and y2} of ``cell``."""
+  return {r["seed"]: float(np.mean([r["test"][t]["mse"] for t in TASKS]))
+          for r in rows if r["cell"] == cell}
+
+
+def _paired(rows, a, b, p):
+  """Mean ± s.e. over the seeds both ran of (a - b) at p, and that seed count."""
+  m, se, n = sweep.paired_mean_se(_by_seed(rows, f"{a}/p{p}"), _by_seed(rows, f"{b}/p{p}"))
+  return f"{m:+.3f} ± {se:.3f} ({n})" if n else ""
+
+
 def write_report(rows, steps, width, counts, corr):
   mse = _test_mse(rows)
   seeds = {c: len(v["mean"]) for c, v in mse.items()}
@@ -171,7 +189,9 @@ def write_report(rows, steps, width, counts, corr):
     lines.append(f"| {p} | {m:.3f} ± {se:.3f} | {ref} |")
   lines += ["", "## Models", "",
             f"Parameters: MMoE {counts['mmoe']:,}, OMoE {counts['omoe']:,}, shared-bottom "
-            f"{counts['shared_bottom']:,} (hidden width {width}, towers of 8).", "",
+            f"{counts['shared_bottom']:,} (hidden width {width}, towers of 8); CGC "
+            f"{counts['cgc']:,} (4 shared + 2 per task), PLE {counts['ple']:,} (two such "
+            f"levels), DSelect-k {counts['dselect_k']:,} (per-example gates, k = 2 of 8).", "",
             "| model | p | lr | test MSE y1 | test MSE y2 | test MSE mean | s.d. of mean | seeds | "
             "program s |", "|---|---|---|---|---|---|---|---|---|"]
   for p in sorted(PS):
@@ -181,6 +201,16 @@ def write_report(rows, steps, width, counts, corr):
         lines.append(f"| {m} | {p} | {lrs.get(c, 0):g} | {_fmt(mse[c]['y1'])} | {_fmt(mse[c]['y2'])} | "
                      f"{_fmt(mse[c]['mean'])} | {np.std(mse[c]['mean'], ddof=1):.3f} | "
                      f"{seeds[c]} | {secs[c]:.0f} |")
+  lines += ["", "## The rest of the family against MMoE and shared-bottom, paired by seed", "",
+            "Final test MSE (mean of y1, y2), difference mean ± s.e. over the seeds both ran "
+            "(count in brackets; replica r of every cell is seed r on the same data, so the "
+            "pairs share init seed and batch order). Negative: the first model is better.", "",
+            "| p | " + " | ".join(f"{m} − mmoe | {m} − shared_bottom" for m in FAMILY) + " |",
+            "|---|" + "---|---|" * len(FAMILY)]
+  for p in sorted(PS):
+    lines.append(f"| {p} | " + " | ".join(
+        f"{_paired(rows, m, 'mmoe', p)} | {_paired(rows, m, 'shared_bottom', p)}"
+        for m in FAMILY) + " |")
   sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n![curves and spread](mmoe.png)\n\n", rows)
   _plot(rows, mse)
 
@@ -190,8 +220,9 @@ def _plot(rows, mse):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   ps = sorted(PS)
-  colors = {"shared_bottom": "tab:blue", "omoe": "tab:orange", "mmoe": "tab:green"}
-  fig, axes = plt.subplots(2, len(ps), figsize=(4.2 * len(ps), 7.2))
+  colors = {"shared_bottom": "tab:blue", "omoe": "tab:orange", "mmoe": "tab:green",
+            "cgc": "tab:red", "ple": "tab:purple", "dselect_k": "tab:brown"}
+  fig, axes = plt.subplots(2, len(ps), figsize=(5.0 * len(ps), 7.6))
   for j, p in enumerate(ps):
     ax = axes[0, j]
     for m in MODELS:
@@ -214,7 +245,7 @@ def _plot(rows, mse):
     rng = np.random.default_rng(0)
     for i, d in enumerate(data):
       ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(d)), d, s=8, color=colors[MODELS[i]])
-    ax.set_xticks(range(1, len(MODELS) + 1), MODELS)
+    ax.set_xticks(range(1, len(MODELS) + 1), MODELS, rotation=30, fontsize=8)
     ax.set_ylabel("final test MSE (mean of y1, y2), one dot per seed")
   fig.tight_layout()
   fig.savefig(os.path.join(HERE, "mmoe.png"), dpi=110)
@@ -223,6 +254,7 @@ def _plot(rows, mse):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--seeds", type=int, default=10)
+  parser.add_argument("--family_seeds", type=int, default=5, help="seeds of " + ", ".join(FAMILY))
   parser.add_argument("--steps", type=int, default=STEPS)
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args()
@@ -235,7 +267,8 @@ def main():
     for m in MODELS:
       run(SELECT_CELLS[m], range(SELECT_SEEDS), lambda c, s: make_config(c, s, args.steps, width))
       lr = chosen_lr(sweep.read_results(path), m)[0]
-      run([c for c in CELLS if c.startswith(m + "/")], range(args.seeds),
+      run([c for c in CELLS if c.startswith(m + "/")],
+          range(args.family_seeds if m in FAMILY else args.seeds),
           lambda c, s, lr=lr: make_config(c, s, args.steps, width, lr))
   rows = sweep.read_results(path)
   configs = sweep.read_configs(path)

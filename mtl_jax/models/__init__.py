@@ -11,6 +11,8 @@ from mtl_jax.models import lenet  # noqa: F401  (registers the lenet trunk)
 from mtl_jax.models import bert  # noqa: F401  (registers the bert trunk)
 from mtl_jax.models import resnet  # noqa: F401  (registers the resnet trunk)
 from mtl_jax.models import vit  # noqa: F401  (registers the vit trunk)
+from mtl_jax.models import extraction  # noqa: F401  (registers the cgc and ple schemes)
+from mtl_jax.models import dselect_k  # noqa: F401  (registers dselect_k, selector_entropy)
 from mtl_jax.tasks import TaskGroup
 
 
