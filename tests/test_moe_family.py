@@ -27,7 +27,7 @@ from mtl_jax.weighting.gramian_strategy import GramianStrategy
 from mtl_jax.weighting.loss import LOSS_WEIGHTINGS as LOSS_WEIGHTINGS_REGISTRY, LossWeighting
 from mtl_jax.weighting.loss_strategy import LossWeightingStrategy
 from mtl_jax.weighting.jacobian_strategy import JacobianStrategy
-from mtl_jax.weighting.strategy import build_strategy
+from mtl_jax.weighting.factory import build_strategy
 
 # Task order a, c | b (groups by kind), not the config order a, b, c.
 SPECS = (TaskSpec("a", "binary"), TaskSpec("b", "regression"), TaskSpec("c", "binary"))
