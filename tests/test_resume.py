@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import jax
+import pytest
 
 from conftest import ROOT, tiny_config
 from mtl_jax import train
@@ -69,9 +70,15 @@ def _kill_after_first_checkpoint(workdir, sig):
   return proc.returncode, err
 
 
-def _run_interrupted(tmp_path, sig, expected_rc):
-  ref = str(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The reference both kill tests compare with (one 1500-step run for the file)."""
+  ref = str(tmp_path_factory.mktemp("resume") / "ref")
   train.train_and_evaluate(_config(), ref)
+  return train.final_params(ref)
+
+
+def _run_interrupted(tmp_path, ref_params, sig, expected_rc):
   work = str(tmp_path / "killed")
   rc, err = _kill_after_first_checkpoint(work, sig)
   assert rc == expected_rc, err[-3000:]
@@ -79,12 +86,12 @@ def _run_interrupted(tmp_path, sig, expected_rc):
   assert saved < STEPS, "the run finished before it was interrupted"
   done = subprocess.run(_cli(work), cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  _assert_same_params(train.final_params(ref), train.final_params(work))
+  _assert_same_params(ref_params, train.final_params(work))
 
 
-def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
-  _run_interrupted(tmp_path, signal.SIGKILL, -signal.SIGKILL)
+def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
+  _run_interrupted(tmp_path, uninterrupted, signal.SIGKILL, -signal.SIGKILL)
 
 
-def test_sigterm_saves_then_rerun_matches_uninterrupted(tmp_path):
-  _run_interrupted(tmp_path, signal.SIGTERM, 143)
+def test_sigterm_saves_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
+  _run_interrupted(tmp_path, uninterrupted, signal.SIGTERM, 143)
