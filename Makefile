@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -37,6 +37,10 @@ JAX_CACHE_ENV := JAX_COMPILATION_CACHE_DIR=$(HOME)/.cache/mtl_jax/xla \
 
 test: $(TEST_STAMP)
 	$(JAX_CACHE_ENV) $(PY) -m pytest -n 2 --dist loadfile -q tests
+
+# The inner loop: every test but the slow files (tests/conftest.py SLOW_FILES), < 3 min.
+test-fast: $(TEST_STAMP)
+	$(JAX_CACHE_ENV) $(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" tests
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/many_tasks_step_time.py

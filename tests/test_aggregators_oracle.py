@@ -19,21 +19,39 @@ plain and with conflicting rows (rows 1.. = g_i - 1.5 g_0). Errors are
 """
 
 import functools
+import importlib
+import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip(
-    "torch", reason="oracle extra missing: pip install torch==2.13.0, then -e '.[test,oracle]'")
-torchjd = pytest.importorskip(
-    "torchjd", reason="oracle extra missing: pip install torch==2.13.0, then -e '.[test,oracle]'")
-pytest.importorskip("quadprog", reason="torchjd's UPGrad/DualProj need quadprog (oracle extra)")
-from torchjd import aggregation as tja  # noqa: E402
+for _mod, _why in (("torch", "oracle extra missing: pip install torch==2.13.0, then "
+                             "-e '.[test,oracle]'"),
+                   ("torchjd", "oracle extra missing: pip install torch==2.13.0, then "
+                               "-e '.[test,oracle]'"),
+                   ("quadprog", "torchjd's UPGrad/DualProj need quadprog (oracle extra)")):
+  if importlib.util.find_spec(_mod) is None:
+    pytest.skip(_why, allow_module_level=True)
 
-from mtl_jax.weighting import AGGREGATORS, graddrop_from_uniform, pcgrad_weights  # noqa: E402
-from mtl_jax.weighting.base import gramian  # noqa: E402
+
+class _OnFirstUse:
+  """Imports a module when a test first uses it: importing torchjd (torch, cvxpy) takes ~7 s,
+  which every test process would pay at collection for tests that only one of them runs."""
+
+  def __init__(self, name):
+    self._name = name
+
+  def __getattr__(self, attr):
+    return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _OnFirstUse("torch")
+tja = _OnFirstUse("torchjd.aggregation")
+
+from mtl_jax.weighting import AGGREGATORS, graddrop_from_uniform, pcgrad_weights
+from mtl_jax.weighting.base import gramian
 
 SHAPES = [(2, 3), (4, 6), (16, 4)]
 
@@ -64,9 +82,9 @@ def rel_err(out, ref):
   return np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12)
 
 
-TORCHJD = {
-    "mean": tja.Mean, "sum": tja.Sum, "upgrad": tja.UPGrad, "dualproj": tja.DualProj,
-    "mgda": tja.MGDA, "imtl_g": tja.IMTLG, "aligned_mtl": tja.AlignedMTL, "config": tja.ConFIG,
+TORCHJD = {  # torchjd.aggregation class names
+    "mean": "Mean", "sum": "Sum", "upgrad": "UPGrad", "dualproj": "DualProj",
+    "mgda": "MGDA", "imtl_g": "IMTLG", "aligned_mtl": "AlignedMTL", "config": "ConFIG",
 }
 
 
@@ -74,7 +92,7 @@ TORCHJD = {
 def test_same_as_torchjd(name):
   errs = {}
   for key, jac in matrices():
-    ref = TORCHJD[name]()(torch.tensor(jac)).numpy()
+    ref = getattr(tja, TORCHJD[name])()(torch.tensor(jac)).numpy()
     errs[key] = (rel_err(ours(name, jac), ref), 1e-3 if key[0] > key[1] else 1e-4)
   bad = {k: e for k, e in errs.items() if e[0] > e[1]}
   assert not bad, bad
