@@ -32,7 +32,7 @@ from mtl_jax import tasks as tasks_lib
 from mtl_jax.data.base import ArrayDataset, build_dataset
 from mtl_jax.data.pipeline import _local_slice
 
-RESERVED = ("name", "tasks", "weight", "alias")
+RESERVED = ("name", "tasks", "weight", "alias", "task_id")
 SAMPLINGS = ("proportional", "temperature", "uniform", "weights")
 BATCHES = ("per_dataset", "mixed")
 MIXING_DEFAULTS = dict(sampling="proportional", temperature=2.0, batches="per_dataset",
@@ -53,6 +53,7 @@ class Source:
   tasks: Tuple[str, ...]
   weight: Optional[float]
   splits: Dict[str, ArrayDataset]
+  task_id: Optional[int] = None
 
 
 def uses_mixture(config) -> bool:
@@ -158,6 +159,40 @@ def _with_dataset_id(ds: ArrayDataset, index: int, count: int, alias: str) -> Ar
   return ArrayDataset(np.concatenate([x, onehot], axis=1), ds.labels, ds.mask)
 
 
+def _with_task_id(ds: ArrayDataset, task_id: int, alias: str) -> ArrayDataset:
+  """Adds ``inputs["task_id"]`` [N] (``model.task_embedding``: the trunk's learned task vector)."""
+  if not isinstance(ds.inputs, dict):
+    raise ValueError(f"model.task_embedding feeds inputs['task_id'] to a trunk that embeds "
+                     f"tokens, but dataset {alias!r} has inputs {structure(ds)}; for [N, features] "
+                     f"arrays use config.mixing.task_embedding (a one-hot id in the features)")
+  if "task_id" in ds.inputs:
+    raise ValueError(f"dataset {alias!r} already has an input called 'task_id'")
+  inputs = dict(ds.inputs, task_id=np.full(len(ds), task_id, np.int32))
+  return ArrayDataset(inputs, ds.labels, ds.mask)
+
+
+def _task_ids(config, entries) -> Optional[List[int]]:
+  """Each dataset's task id under ``model.task_embedding`` (its ``task_id``, default its index)."""
+  num = int((config.get("model") or {}).get("task_embedding") or 0)
+  given = [e.get("task_id") for e in entries]
+  if not num:
+    named = [str(e.get("alias") or e.get("name")) for e, t in zip(entries, given) if t is not None]
+    if named:
+      raise ValueError(f"datasets {named} set `task_id` but config.model.task_embedding is "
+                       f"unset: nothing would use it")
+    return None
+  if config.get("mixing") and dict(config.mixing).get("task_embedding"):
+    raise ValueError("config.model.task_embedding (a learned vector per task id in the trunk) "
+                     "and config.mixing.task_embedding (a one-hot id appended to array "
+                     "features) are two ways of one thing: use one")
+  ids = [i if t is None else t for i, t in enumerate(given)]
+  for e, t in zip(entries, ids):
+    if isinstance(t, bool) or int(t) != t or not 0 <= t < num:
+      raise ValueError(f"dataset {str(e.get('alias') or e.get('name'))!r} has task_id {t!r}, "
+                       f"outside [0, model.task_embedding={num})")
+  return [int(t) for t in ids]
+
+
 def load_sources(config, specs) -> List[Source]:
   """Builds every configured dataset, checks its labels against its tasks' kinds and
   returns them in the masked format of all configured tasks."""
@@ -165,6 +200,7 @@ def load_sources(config, specs) -> List[Source]:
   by_name = {s.name: s for s in specs}
   entries = _entries(config, names)
   opts = mixing_options(config) if uses_mixture(config) else MIXING_DEFAULTS
+  task_ids = _task_ids(config, entries)
   raw, seen = [], set()
   for i, entry in enumerate(entries):
     if "name" not in entry:
@@ -200,7 +236,8 @@ def load_sources(config, specs) -> List[Source]:
     if "train" not in splits or len(splits["train"]) == 0:
       raise ValueError(f"dataset {alias!r} has no training examples")
     raw.append(Source(alias, entry["name"], tuple(c for c in names if c in mapping),
-                      None if weight is None else float(weight), splits))
+                      None if weight is None else float(weight), splits,
+                      None if task_ids is None else task_ids[i]))
   unlabelled = [n for n in names if not any(n in s.tasks for s in raw)]
   if unlabelled:
     raise ValueError(f"config tasks {unlabelled} are labelled by no dataset; datasets label: "
@@ -215,6 +252,8 @@ def load_sources(config, specs) -> List[Source]:
     if opts["task_embedding"]:
       idx = raw.index(s)
       s.splits = {k: _with_dataset_id(v, idx, len(raw), s.alias) for k, v in s.splits.items()}
+    if s.task_id is not None:
+      s.splits = {k: _with_task_id(v, s.task_id, s.alias) for k, v in s.splits.items()}
   _check_structures(raw)
   return raw
 
