@@ -77,7 +77,8 @@ SCHEMA: Tuple[Any, ...] = (
     Key("mixing.batches", _S, "per_dataset", "per_dataset (one dataset per batch) | mixed"),
     Key("mixing.task_embedding", _B, False, "append a one-hot dataset id to array inputs"),
     Key("stages", Optional[_SEQ_DICT], None,
-        "tasks over time: [dict(steps=, tasks=[...] | datasets=[...], replay=0.0)]"),
+        "tasks over time: [dict(steps=, tasks=[...] | datasets=[...], replay=0.0 | "
+        "allocation='equal' | {task: iterations})]"),
     Key("prefetch_batches", _I, 0, ">0: the train feed prepares that many batches ahead"),
     # ---- model
     Options("model", (("model.sharing", "sharing scheme", "hard"),),
