@@ -147,3 +147,44 @@ def test_errors(tmp_path, corpus_file, tok_dir):
   with pytest.raises(ValueError, match="split .* makes no example"):
     build_dataset(dict(name="ernie_reorder", path=corpus_file, tokenizer=tok_dir,
                        split=(0.34, 0.33, 0.33), split_seed=0))
+
+
+@pytest.mark.parametrize("max_span", [1, 3])
+def test_word_and_phrase_masking(corpus, max_span):
+  packed = tc.pack_documents(corpus, [0, 1, 2], 32)
+  ids, pos, y, w = et.span_mask(packed["input_ids"], packed["attention_mask"], corpus, seed=0,
+                                rate=0.3, max_predictions=8, max_span=max_span)
+  special = corpus.special_ids()
+  runs = []
+  for r in range(len(ids)):
+    cand = ((packed["attention_mask"][r] > 0) & ~np.isin(packed["input_ids"][r], special)).sum()
+    p = pos[r, w[r]]
+    assert len(p) == min(8, max(1, round(0.3 * cand)))  # the budget, filled exactly (1-token words)
+    assert np.all(np.diff(p) > 0) and not np.isin(packed["input_ids"][r, p], special).any()
+    np.testing.assert_array_equal(y[r, w[r]], packed["input_ids"][r, p])  # targets = originals
+    untouched = np.setdiff1d(np.arange(ids.shape[1]), p)
+    np.testing.assert_array_equal(ids[r, untouched], packed["input_ids"][r, untouched])
+    runs += [len(g) for g in np.split(p, np.flatnonzero(np.diff(p) > 1) + 1)]
+  # Phrases make contiguous runs longer than whole-word masking's.
+  if max_span == 1:
+    assert np.mean(runs) < 1.6
+  else:
+    assert np.mean(runs) > 1.6
+  # 80/10/10 over many rows: [MASK] ~ 0.8 of the selected tokens.
+  big = np.tile(packed["input_ids"], (60, 1)), np.tile(packed["attention_mask"], (60, 1))
+  ids, pos, y, w = et.span_mask(*big, corpus, seed=1, rate=0.3, max_predictions=8,
+                                max_span=max_span)
+  sel = ids[np.arange(len(ids))[:, None].repeat(8, 1)[w], pos[w]]
+  share = np.mean(sel == corpus.special["[MASK]"])
+  assert abs(share - 0.8) < 0.05, share
+
+
+def test_masking_dataset_format(corpus_file, tok_dir):
+  d = build_dataset(dict(name="ernie_masking", path=corpus_file, tokenizer=tok_dir,
+                         max_length=16, max_predictions=4, mode="phrase",
+                         split=(0.34, 0.33, 0.33)))
+  x = d.train.inputs
+  assert x[et.POSITIONS].shape == (len(d.train), 4) and d.train.labels["masking"].shape[1] == 4
+  assert d.train.mask["masking"].any()
+  with pytest.raises(ValueError, match="unknown mode 'entity'"):
+    build_dataset(dict(name="ernie_masking", path=corpus_file, tokenizer=tok_dir, mode="entity"))

@@ -149,6 +149,73 @@ def token_document_task(corpus: tc.Corpus, docs, max_length: int):
   return inputs, y[keep], m[keep]
 
 
+# ---------------------------------------------------------------------------- word / phrase masking
+
+def span_mask(input_ids: np.ndarray, attention_mask: np.ndarray, corpus: tc.Corpus, seed,
+              rate: float = 0.15, max_predictions: int = 20, max_span: int = 1):
+  """Masks whole words (``max_span=1``) or phrases: spans of 1..``max_span`` consecutive words
+  (ERNIE 1.0's phrase-level masking, with contiguous word spans standing in for its chunker's
+  phrases). Per row ``n = min(max_predictions, max(1, round(rate * candidates)))`` tokens
+  are selected (special tokens never); spans are tried from a seeded order of start words
+  and skipped when they would overflow ``n``. A selected token becomes [MASK] (0.8), a random
+  non-special token (0.1) or stays (0.1), as BERT. Returns (corrupted ids, positions [N, K]
+  sorted, 0 where unused; targets [N, K]; weights bool [N, K])."""
+  if not 0.0 < rate < 1.0:
+    raise ValueError(f"ernie_masking: rate must be in (0, 1), got {rate}")
+  if max_span < 1 or max_predictions < 1:
+    raise ValueError(f"ernie_masking: max_span and max_predictions must be >= 1, got "
+                     f"{max_span}, {max_predictions}")
+  rng = np.random.default_rng(seed)
+  ids = np.array(input_ids, np.int32)
+  special = np.isin(ids, corpus.special_ids())
+  normal = np.setdiff1d(np.arange(corpus.vocab_size), corpus.special_ids())
+  n_rows, k = len(ids), int(max_predictions)
+  positions = np.zeros((n_rows, k), np.int32)
+  targets = np.zeros((n_rows, k), np.int32)
+  weights = np.zeros((n_rows, k), bool)
+  for r in range(n_rows):
+    cand = np.flatnonzero((attention_mask[r] > 0) & ~special[r])
+    if not len(cand):
+      continue
+    words = []
+    for i in cand:  # a token and the ## continuations right after it
+      if words and corpus.continuation[ids[r, i]] and words[-1][-1] == i - 1:
+        words[-1].append(int(i))
+      else:
+        words.append([int(i)])
+    budget = min(k, max(1, int(round(rate * len(cand)))))
+    chosen, taken = [], np.zeros(len(words), bool)
+    for w in rng.permutation(len(words)):
+      span = int(rng.integers(1, max_span + 1))
+      group = [j for j in range(w, min(w + span, len(words))) if not taken[j]]
+      size = sum(len(words[j]) for j in group)
+      if not group or len(chosen) + size > budget:
+        continue
+      taken[group] = True
+      chosen += [i for j in group for i in words[j]]
+      if len(chosen) == budget:
+        break
+    chosen = np.sort(np.asarray(chosen, np.int64))
+    positions[r, :len(chosen)] = chosen
+    targets[r, :len(chosen)] = ids[r, chosen]
+    weights[r, :len(chosen)] = True
+    u = rng.random(len(chosen))
+    ids[r, chosen[u < 0.8]] = corpus.special["[MASK]"]
+    rand = chosen[(u >= 0.8) & (u < 0.9)]
+    ids[r, rand] = rng.choice(normal, len(rand))
+  return ids, positions, targets, weights
+
+
+def masking_task(corpus: tc.Corpus, docs, max_length: int, seed, rate: float = 0.15,
+                 max_predictions: int = 20, max_span: int = 1):
+  packed = tc.pack_documents(corpus, docs, max_length)
+  ids, pos, y, w = span_mask(packed["input_ids"], packed["attention_mask"], corpus, seed, rate,
+                             max_predictions, max_span)
+  inputs = {"input_ids": ids, "attention_mask": packed["attention_mask"],
+            "token_type_ids": packed["token_type_ids"], POSITIONS: pos}
+  return inputs, y, w
+
+
 # ---------------------------------------------------------------------------- sentence tasks
 
 def permutations(k: int) -> List[Tuple[int, ...]]:
@@ -267,7 +334,7 @@ def _dataset(name: str, task: str, make, max_length: int, max_predictions: int, 
     if not len(y):
       raise ValueError(f"{name}: the {sp} split ({len(parts[sp])} documents) makes no example; "
                        f"give the corpus more or longer documents or change `split`")
-    if max_predictions:  # the masked_lm kind's inputs key, so a mixture has one structure
+    if max_predictions and POSITIONS not in inputs:  # one structure in a mixture
       inputs[POSITIONS] = np.zeros((len(y), int(max_predictions)), np.int32)
     out[sp] = ArrayDataset(inputs, {task: y}, {task: m})
   return DataSplits(out["train"], out["validation"], out.get("test"))
@@ -332,4 +399,25 @@ def ernie_distance(path: Optional[str] = None, tokenizer: Optional[str] = None,
               max_documents=max_documents)
   return _dataset("ernie_distance", "distance",
                   lambda corpus, docs, i: distance_task(corpus, docs, max_length, [seed, i]),
+                  max_length, max_predictions, args, split, split_seed)
+
+
+@DATASETS.register("ernie_masking")
+def ernie_masking(path: Optional[str] = None, tokenizer: Optional[str] = None,
+                  doc_split: str = "blank_lines", sentences: str = "punct",
+                  max_documents: Optional[int] = None, max_length: int = 64,
+                  max_predictions: int = 20, mode: str = "word", max_span: int = 3,
+                  rate: float = 0.15, split=(0.8, 0.1, 0.1), split_seed: int = 0,
+                  seed: int = 0) -> DataSplits:
+  """Task ``masking`` (the ``masked_lm`` kind, num_outputs = vocabulary size): ``mode="word"``
+  masks whole words, ``"phrase"`` spans of up to ``max_span`` words; masked once per split
+  (static masking, seeded)."""
+  if mode not in ("word", "phrase"):
+    raise ValueError(f"ernie_masking: unknown mode {mode!r}; valid: ['word', 'phrase']")
+  span = 1 if mode == "word" else int(max_span)
+  args = dict(path=path, tokenizer=tokenizer, doc_split=doc_split, sentences=sentences,
+              max_documents=max_documents)
+  return _dataset("ernie_masking", "masking",
+                  lambda corpus, docs, i: masking_task(corpus, docs, max_length, [seed, i], rate,
+                                                       max_predictions, span),
                   max_length, max_predictions, args, split, split_seed)
