@@ -188,3 +188,18 @@ def test_masking_dataset_format(corpus_file, tok_dir):
   assert d.train.mask["masking"].any()
   with pytest.raises(ValueError, match="unknown mode 'entity'"):
     build_dataset(dict(name="ernie_masking", path=corpus_file, tokenizer=tok_dir, mode="entity"))
+
+
+def test_own_pairs_through_the_glue_pair_format(tmp_path, tok_dir):
+  from text_fixtures import write_glue_task
+  write_glue_task(str(tmp_path / "glue"), "mnli", n=6)
+  d = build_dataset(dict(name="ernie_pairs", task="mnli", data_dir=str(tmp_path / "glue"),
+                         tokenizer=tok_dir, max_length=16, max_predictions=4,
+                         task_name="relevance"))
+  plain = build_dataset(dict(name="glue", task="mnli", data_dir=str(tmp_path / "glue"),
+                             tokenizer=tok_dir, max_length=16))
+  y, m = d.train.labels["relevance"], d.train.mask["relevance"]
+  assert y.shape == (6, 16) and m[:, 0].all() and not m[:, 1:].any()
+  np.testing.assert_array_equal(y[:, 0], plain.train.labels["mnli"])
+  np.testing.assert_array_equal(d.train.inputs["input_ids"], plain.train.inputs["input_ids"])
+  assert d.train.inputs[et.POSITIONS].shape == (6, 4)

@@ -421,3 +421,36 @@ def ernie_masking(path: Optional[str] = None, tokenizer: Optional[str] = None,
                   lambda corpus, docs, i: masking_task(corpus, docs, max_length, [seed, i], rate,
                                                        max_predictions, span),
                   max_length, max_predictions, args, split, split_seed)
+
+
+def at_cls(ds: ArrayDataset, max_predictions: int = 0) -> ArrayDataset:
+  """A sequence-level split (labels [N]) as labels at the [CLS] position ([N, L], mask there
+  only), so it joins the per-token ERNIE model; optional zero ``masked_lm_positions``."""
+  inputs = dict(ds.inputs)
+  n, length = inputs["input_ids"].shape
+  labels, mask = {}, {}
+  for t, y in ds.labels.items():
+    if np.ndim(y) != 1:
+      raise ValueError(f"ernie_pairs: task {t!r} has labels of shape {np.shape(y)}; only one "
+                       f"class label per pair moves to [CLS]")
+    labels[t] = np.zeros((n, length), np.int32)
+    labels[t][:, 0] = y
+    mask[t] = np.zeros((n, length), bool)
+    mask[t][:, 0] = ds.mask[t]
+  if max_predictions:
+    inputs[POSITIONS] = np.zeros((n, int(max_predictions)), np.int32)
+  return ArrayDataset(inputs, labels, mask)
+
+
+@DATASETS.register("ernie_pairs")
+def ernie_pairs(max_predictions: int = 0, **glue_options) -> DataSplits:
+  """Your own sentence pairs for ERNIE's IR relevance or discourse relation tasks: any
+  GLUE-format pair folder (``glue`` dataset options: task layout, data_dir, tokenizer, ...),
+  labels moved to [CLS] (``token_classification``, one class per pair)."""
+  from mtl_jax.data.glue import glue
+  if "task" not in glue_options:
+    raise ValueError("ernie_pairs: give `task`, the GLUE layout of your pair files (e.g. "
+                     "'mnli' for 3 classes, 'rte' or 'qnli' for 2) and `data_dir`, `tokenizer`")
+  d = glue(**glue_options)
+  return DataSplits(*(None if s is None else at_cls(s, max_predictions)
+                      for s in (d.train, d.validation, d.test)))
