@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mtl_jax.data.base import DATASETS, ArrayDataset, DataSplits
+
 DOC_SPLITS = ("blank_lines", "file")
 SENTENCE_SPLITS = ("punct", "lines")
 EMBEDDED = "pydoc_topics"
@@ -296,3 +298,51 @@ def pack_documents(corpus: Corpus, documents: Sequence[int], max_length: int
     mask[i, :len(r) + 2] = 1
   return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
           "document": np.asarray(docs, np.int32)}
+
+
+# --- the masked-LM dataset --------------------------------------------------------------
+
+@DATASETS.register("text_corpus")
+def text_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
+                max_length: int = 128, task_name: str = "mlm", mask_rate: float = 0.15,
+                max_predictions: int = 20, whole_word: bool = False, dupe_factor: int = 1,
+                fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                doc_split: str = "blank_lines", sentences: str = "punct",
+                max_documents: Optional[int] = None) -> DataSplits:
+  """A corpus as a masked-LM task ``task_name`` (kind ``masked_lm``, num_outputs = vocab).
+
+  Documents are split by ``fractions`` (train, validation, test; seeded),
+  packed into ``max_length`` sequences and masked by mlm_masking (BERT's
+  15% / 80-10-10, ``whole_word`` optional). Train holds ``dupe_factor``
+  differently-masked copies; validation and test are masked once, so their
+  metrics compare across runs. Inputs: ``input_ids`` (masked),
+  ``attention_mask``, ``token_type_ids``, ``masked_lm_positions`` [N, K].
+  """
+  from mtl_jax.data import mlm_masking
+  if dupe_factor < 1:
+    raise ValueError(f"text_corpus: dupe_factor must be >= 1, got {dupe_factor}")
+  corpus = load_corpus(path, tokenizer, doc_split, sentences, max_documents)
+  if len(fractions) != 3:
+    raise ValueError(f"text_corpus: fractions are (train, validation, test), got {fractions}")
+  parts = split_documents(corpus.num_documents, fractions, seed)
+  sp = corpus.special
+  splits = []
+  for i, docs in enumerate(parts):
+    if not len(docs):
+      splits.append(None)
+      continue
+    packed = pack_documents(corpus, docs, max_length)
+    copies = dupe_factor if i == 0 else 1
+    chunks = [mlm_masking.mask_sequences(
+        packed["input_ids"], packed["attention_mask"], corpus.special_ids(), sp["[MASK]"],
+        corpus.vocab_size, seed=[seed, i, c], rate=mask_rate, max_predictions=max_predictions,
+        whole_word=whole_word, continuation=corpus.continuation) for c in range(copies)]
+    masked = {k: np.concatenate([c[k] for c in chunks])
+              for k in ("input_ids", "positions", "targets", "weights")}
+    inputs = {"input_ids": masked["input_ids"],
+              "attention_mask": np.tile(packed["attention_mask"], (copies, 1)),
+              "token_type_ids": np.tile(packed["token_type_ids"], (copies, 1)),
+              mlm_masking.POSITIONS: masked["positions"]}
+    splits.append(ArrayDataset(inputs, {task_name: masked["targets"]},
+                               {task_name: masked["weights"]}))
+  return DataSplits(splits[0], splits[1], splits[2])
