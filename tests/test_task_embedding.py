@@ -169,3 +169,7 @@ def test_data_side_errors(setup_dirs):
   c.mixing.task_embedding = True
   with pytest.raises(ValueError, match="two ways of one thing"):
     train.train_and_evaluate(c, str(root / "e3"))
+  c = _config(hf, glue, cache, ("sst2",), -1)
+  with pytest.raises(ValueError, match=r"config.model.task_embedding = -1: must be the number "
+                                       r"of task ids"):
+    train.train_and_evaluate(c, str(root / "e4"))

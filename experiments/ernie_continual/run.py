@@ -390,7 +390,9 @@ def write_report(rows, info):
   lines += ["", "Curves: `curves.png` (validation accuracy per pretraining task at each stage "
             "end, seed mean). Pretraining wall time per cell (all seeds): "
             + ", ".join(f"{c} {by[(c, seeds[0])]['seconds']:.0f}s" for c in cells) + ".", ""]
-  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n", None)
+  prov = sweep.provenance_md(rows) if all("provenance" in r for r in rows) else ""
+  sweep.write_results_md(os.path.join(HERE, "results.md"), "\n".join(lines) + "\n\n" + prov,
+                         None)
   _plot(by, cells, seeds)
 
 
