@@ -343,7 +343,8 @@ def write_report(rows, info):
            f"--steps {P['steps']}` (results.jsonl). Setup in run.py's docstring: a 2-block "
            f"BERT (hidden {P['hidden']}) from scratch, {P['steps']} pretraining iterations "
            f"of batch {P['batch']}, max length {P['max_length']}; {len(NAMES)} stages of "
-           f"{[int(n) for n in stage_steps()]} iterations; mean ± s.e. over {len(seeds)} seeds (paired: "
+           f"{[int(n) for n in stage_steps()]} iterations; mean ± s.e. over {len(seeds)} "
+           f"seeds (paired: "
            f"seed s shares init and data order in every cell). Downstream data: "
            f"{info.get('downstream_sizes')} examples (70% train, 30% dev) written from the "
            f"held-out 20% of the documents.", "",

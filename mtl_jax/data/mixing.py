@@ -158,8 +158,9 @@ def _with_dataset_id(ds: ArrayDataset, index: int, count: int, alias: str) -> Ar
   x = ds.inputs
   if not isinstance(x, np.ndarray) or x.ndim != 2:
     raise ValueError(f"mixing.task_embedding appends a one-hot dataset id to [N, features] array "
-                     f"inputs, but dataset {alias!r} has inputs {structure(ds)}; for other "
-                     f"inputs the trunk has to add the embedding itself (docs/datasets.md)")
+                     f"inputs, but dataset {alias!r} has inputs {structure(ds)}; for token "
+                     f"inputs use config.model.task_embedding (a learned vector per task id "
+                     f"in the trunk)")
   onehot = np.zeros((len(x), count), x.dtype)
   onehot[:, index] = 1
   return ArrayDataset(np.concatenate([x, onehot], axis=1), ds.labels, ds.mask)
@@ -441,6 +442,13 @@ def build_phases(config, sources: Sequence[Source], specs) -> List[Phase]:
 # ---------------------------------------------------------------------------- the sampler
 
 
+def _normal_allocation(alloc):
+  """A stage allocation list as plain {str: int} dicts (as it reads back from JSON)."""
+  if alloc is None:
+    return None
+  return [None if a is None else {str(k): int(v) for k, v in dict(a).items()} for a in alloc]
+
+
 class MixtureIterator:
   """Endless, seeded, checkpointable batches from several datasets (see module docstring)."""
 
@@ -549,9 +557,7 @@ class MixtureIterator:
                        f"{sorted(self._aliases)}")
     saved = state.get("allocation")
     if saved is not None or self._allocations() is not None:
-      norm = lambda a: None if a is None else [None if x is None else {str(k): int(v) for k, v  # noqa
-                                                                         in dict(x).items()}
-                                               for x in a]
+      norm = _normal_allocation
       if norm(saved) != norm(self._allocations()):
         raise ValueError(f"checkpoint was trained on the stage allocation {norm(saved)}, the "
                          f"config has {norm(self._allocations())}; resume with the same stages")
