@@ -151,6 +151,16 @@ def test_streamed_eval_in_padded_batches_equals_the_whole_split(split):
     _check(metrics.task_metrics(spec, out[name], labels[name], mask[name]), want, name)
 
 
+def test_sums_in_chunks_of_examples_equal_the_whole_batch(split, monkeypatch):
+  from mtl_jax.kinds import _dense
+  out, labels, mask = split
+  monkeypatch.setattr(_dense, "SUM_CHUNK", 2)  # 7 examples: chunks 2, 2, 2, 1
+  for spec in SPECS:
+    name = spec.name
+    _check(metrics.task_metrics(spec, out[name], labels[name], mask[name]),
+           ORACLES[name](out[name], labels[name], mask[name]), name)
+
+
 def test_miou_leaves_out_classes_absent_from_labels_and_predictions():
   # class 2 appears nowhere; class 1 only in a prediction (IoU 0); label -1 pixels don't count
   y = np.array([[[0, 0, 1, -1]]])

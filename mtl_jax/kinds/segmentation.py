@@ -66,7 +66,7 @@ class Segmentation(DenseKind):
     valid = self.numpy_valid(labels, mask)
     return numpy_softmax_ce(np.asarray(outputs)[valid], labels[valid])
 
-  def metric_sums(self, spec, outputs, labels, mask):
+  def chunk_sums(self, spec, outputs, labels, mask):
     valid = self.numpy_valid(labels, mask)
     return {"confusion": confusion(outputs.argmax(-1), labels, spec.num_outputs),
             "loss_sum": self.numpy_loss(spec, outputs, labels, mask).sum(),
