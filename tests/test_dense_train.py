@@ -4,8 +4,8 @@ A test-only trunk (one 3x3 convolution keeping H, W) stands in for the
 encoder-decoder models, so this file checks the loop, not a model: stacked
 per-pixel heads, the train step (equal weights and a Gramian-path
 aggregator), streamed evaluation of padded batches, and Δm% in results.json
-against a baseline file (config.delta_m), which must equal ``metrics.delta_m``
-on the numbers of the two results files.
+against a baseline file (config.delta_m) with two vmapped seeds, which must
+equal ``metrics.delta_m`` on the numbers of the two results files.
 """
 
 import json
@@ -71,7 +71,7 @@ def test_trains_and_evaluates_every_metric(baseline):
 def test_delta_m_in_results_json_with_an_aggregator(baseline, tmp_path):
   path, base = baseline
   wd = str(tmp_path / "run")
-  cfg = _config(weighting=dict(aggregator="upgrad"), num_train_steps=4,
+  cfg = _config(weighting=dict(aggregator="upgrad"), num_train_steps=4, num_seeds=2,
                 delta_m=dict(baseline=path))
   res = train.train_and_evaluate(cfg, wd)
   with open(os.path.join(wd, "results.json")) as f:
@@ -83,6 +83,10 @@ def test_delta_m_in_results_json_with_an_aggregator(baseline, tmp_path):
     want = metrics.delta_m(res[split], base[split], chosen)
     assert res["delta_m"][split] == pytest.approx(want) and np.isfinite(want)
   assert res["delta_m"]["test"] != 0.0  # another run: not the baseline itself
+  # per replica too; Δm% is linear in the values, so the mean's is the replicas' mean
+  reps = [r["delta_m"]["test"] for r in res["replicas"]]
+  assert len(reps) == 2 and reps[0] != reps[1]
+  assert res["delta_m"]["test"] == pytest.approx(np.mean(reps))
 
 
 def test_delta_m_config_errors(baseline, tmp_path):
