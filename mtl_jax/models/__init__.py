@@ -13,6 +13,7 @@ from mtl_jax.models import resnet  # noqa: F401  (registers the resnet trunk)
 from mtl_jax.models import vit  # noqa: F401  (registers the vit trunk)
 from mtl_jax.models import extraction  # noqa: F401  (registers the cgc and ple schemes)
 from mtl_jax.models import dselect_k  # noqa: F401  (registers dselect_k, selector_entropy)
+from mtl_jax.models import mlm_head  # noqa: F401  (registers the masked_lm head)
 from mtl_jax.tasks import TaskGroup
 
 

@@ -149,6 +149,10 @@ class Bert(nn.Module):
   dtype: Any = "float32"
   num_blocks: int = -1
 
+  def output_embedding(self):
+    """The word-embedding table [V, D], for heads tied to it (masked_lm); call after __call__."""
+    return self.variables["params"]["embeddings"]["word"]["embedding"]
+
   @nn.compact
   def __call__(self, inputs, train: bool = False):
     if self.pooling not in POOLINGS:

@@ -6,7 +6,7 @@ group order (the order of ``group_tasks``, i.e. first appearance of each
 (kind, num_outputs)), so group g reads rows ``task_slices(groups)[g.key]``.
 """
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax import kinds
-from mtl_jax.models.heads import StackedDense
+from mtl_jax.models.heads import KIND_HEADS, StackedDense, own_head
 from mtl_jax.models.trunks import DenseBlock, trunk_class
 from mtl_jax.tasks import TaskGroup
 
@@ -63,7 +63,7 @@ class ColumnHeads(nn.Module):
   hidden: Sequence[int] = ()
 
   @nn.compact
-  def __call__(self, features: jax.Array) -> Dict[str, jax.Array]:
+  def __call__(self, features: jax.Array, context: Optional[dict] = None) -> Dict[str, jax.Array]:
     n = len(task_order(self.groups))
     if features.ndim < 3 or features.shape[0] != n:
       raise ValueError(f"ColumnHeads expects per-task features [{n}, B, ..., D], got "
@@ -73,6 +73,9 @@ class ColumnHeads(nn.Module):
       kind = kinds.get(g.kind)
       start, stop = task_slices(self.groups)[g.key]
       h = features[start:stop]
+      if g.kind in KIND_HEADS:  # masked_lm: needs the context only hard sharing passes
+        out[g.key] = own_head(g)(h, context)
+        continue
       for j, width in enumerate(self.hidden):
         h = nn.relu(StackedDense(len(g.names), width, kind.output_axes,
                                  name=f"{g.key}_hidden_{j}")(h))

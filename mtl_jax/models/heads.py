@@ -9,7 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax import kinds
+from mtl_jax.registry import Registry
 from mtl_jax.tasks import TaskGroup
+
+# Kinds whose output layer is a module of their own rather than a stacked Dense: kind name
+# -> module class, built as cls(num_tasks, num_outputs, name=group key) and called as
+# ``head(features, context)`` (``head_context``); ``head_hidden`` does not apply to them.
+# masked_lm registers its gathered, tied decoder here (models/mlm_head.py).
+KIND_HEADS = Registry("task kind head")
+
+
+def own_head(group: TaskGroup) -> Optional[nn.Module]:
+  """The group's own head module (unbound) if its kind registered one, else None."""
+  if group.kind not in KIND_HEADS:
+    return None
+  return KIND_HEADS.get(group.kind)(len(group.names), group.num_outputs, name=group.key)
 
 
 class StackedDense(nn.Module):
@@ -72,12 +86,17 @@ class TaskHeads(nn.Module):
 
   @nn.compact
   def __call__(self, features: jax.Array,
-               routes: Optional[Dict[str, jax.Array]] = None) -> Dict[str, jax.Array]:
+               routes: Optional[Dict[str, jax.Array]] = None,
+               context: Optional[dict] = None) -> Dict[str, jax.Array]:
     """``routes`` {group key: [B] task index}: that group's output is [B, n], each
-    example through its own task's head (mtl_jax/routing.py); else [T_g, B, ..., n]."""
+    example through its own task's head (mtl_jax/routing.py); else [T_g, B, ..., n].
+    ``context`` (``head_context``) feeds kinds with their own head (masked_lm)."""
     out = {}
     for g in self.groups:
       kind = kinds.get(g.kind)
+      if g.kind in KIND_HEADS:
+        out[g.key] = own_head(g)(features, context)
+        continue
       route = None if routes is None else routes[g.key]
       h = features
       for j, width in enumerate(self.hidden):
@@ -86,6 +105,23 @@ class TaskHeads(nn.Module):
       out[g.key] = StackedDense(len(g.names), kind.head_outputs(g.num_outputs),
                                 kind.output_axes, name=g.key)(h, route)
     return out
+
+
+def head_context(groups: Sequence[TaskGroup], trunk_config, trunk: nn.Module,
+                 inputs) -> Optional[dict]:
+  """What kinds with their own head (``KIND_HEADS``) read besides the features: the
+  model ``inputs``, the trunk's word embeddings (``trunk.output_embedding()``, for a tied
+  decoder) and the trunk config. None when no group needs it; an error when the trunk
+  has no word embeddings to tie to."""
+  own = [g for g in groups if g.kind in KIND_HEADS]
+  if not own:
+    return None
+  if not hasattr(trunk, "output_embedding"):
+    raise ValueError(f"tasks {[n for g in own for n in g.names]} (kind {own[0].kind!r}) tie "
+                     f"their output layer to the trunk's word embeddings; trunk "
+                     f"{trunk_config.get('name')!r} has none (use the 'bert' trunk)")
+  cfg = dict(trunk_config)
+  return {"inputs": inputs, "embedding": trunk.output_embedding(), "trunk": cfg}
 
 
 def outputs_by_task(groups: Sequence[TaskGroup], outputs: Dict[str, jax.Array]) -> Dict[str, jax.Array]:

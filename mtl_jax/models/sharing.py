@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.columns import ColumnHeads, CrossStitchMLP, stacked_trunk, task_order
-from mtl_jax.models.heads import TaskHeads
+from mtl_jax.models.heads import TaskHeads, head_context
 from mtl_jax.models.trunks import build_trunk, trunk_class
 from mtl_jax.registry import Registry
 from mtl_jax.routing import ROUTES
@@ -126,18 +126,23 @@ class HardSharing(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
-    features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
+    trunk = build_trunk(self.trunk, name="trunk")
+    features = trunk(inputs, train=train)
+    # Inputs and tied word embeddings for kinds with their own head (masked_lm); else None.
+    context = head_context(self.groups, self.trunk, trunk, inputs)
     if self.has_variable(ROUTES, self.groups[0].key):
       routes = {g.key: self.get_variable(ROUTES, g.key) for g in self.groups}
-      return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features, routes)
+      return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features, routes,
+                                                                            context)
     # A zero "perturbation" that representation-gradient methods (MGDA-UB)
     # differentiate; a no-op unless the caller passes that collection.
     features = self.perturb(SHARED_FEATURES, features)
     if self.has_variable("perturbations", TASK_FEATURES):
       # Per-task copies: d L / d copy_t = d L_t / d features (head t reads copy t only).
       per_task = features[None] + self.get_variable("perturbations", TASK_FEATURES)
-      return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(per_task)
-    return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
+      return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(per_task, context)
+    return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features,
+                                                                          context=context)
 
 
 @SHARING.register("pooled")

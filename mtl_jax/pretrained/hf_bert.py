@@ -223,9 +223,82 @@ def load_hf_bert(path: str, pooling: str = "cls", dtype: str = "float32",
 
 
 def load_trunk_params(path: str) -> Dict[str, dict]:
-  """``{"trunk": params}``: the layout ``config.init_from`` (partial_load) reads."""
+  """``{"trunk": params}``: the layout ``config.init_from`` (partial_load) reads, plus
+  ``{"heads": {"masked_lm_<V>": ...}}`` when the checkpoint holds an MLM head."""
   _, params, _ = load_hf_bert(path, with_tokenizer=False)
-  return {"trunk": params}
+  out = {"trunk": params}
+  head = mlm_head_params(read_tensors(path))
+  if head is not None:
+    out["heads"] = {mlm_head_key(params["embeddings"]["word"]["embedding"].shape[0]): head}
+  return out
+
+
+# --- the masked-LM head (BertForMaskedLM / BertForPreTraining ``cls.predictions.*``) ----
+
+_MLM = {"transform.dense.weight": ("transform_kernel", True),
+        "transform.dense.bias": ("transform_bias", False),
+        "transform.LayerNorm.weight": ("norm_scale", False),
+        "transform.LayerNorm.gamma": ("norm_scale", False),
+        "transform.LayerNorm.bias": ("norm_bias", False),
+        "transform.LayerNorm.beta": ("norm_bias", False),
+        "bias": ("bias", False)}
+_MLM_PREFIX = "cls.predictions."
+
+
+def mlm_head_key(vocab_size: int) -> str:
+  """The head group of one ``masked_lm`` task over ``vocab_size`` tokens (``heads/<key>``)."""
+  return f"masked_lm_{vocab_size}"
+
+
+def mlm_head_params(tensors: Dict[str, np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
+  """The MLM head (models/mlm_head.py layout, task axis of 1) from ``cls.predictions.*``
+  tensors, or None when the checkpoint has none.
+
+  The decoder must be tied: a ``cls.predictions.decoder.weight`` that differs
+  from the word embeddings (or a decoder bias that differs from the bias) is
+  an error, since the head has no untied decoder to hold it.
+  """
+  names = sorted(n for n in tensors if n.startswith(_MLM_PREFIX))
+  if not names:
+    return None
+  head, unplaced = {}, []
+  for name in names:
+    rest = name[len(_MLM_PREFIX):]
+    if rest in ("decoder.weight", "decoder.bias"):
+      continue
+    if rest not in _MLM:
+      unplaced.append(name)
+      continue
+    key, transpose = _MLM[rest]
+    value = np.asarray(tensors[name], np.float32)
+    head[key] = (value.T if transpose else value)[None]
+  missing = sorted({k for k, _ in _MLM.values()} - set(head))
+  if unplaced or missing:
+    raise CheckpointLoadError(f"MLM head ({_MLM_PREFIX}*): tensors with no place {unplaced}, "
+                              f"head parameters left unfilled {missing}")
+  word = next((tensors[n] for n in tensors if n.endswith("embeddings.word_embeddings.weight")),
+              None)
+  dec = tensors.get(_MLM_PREFIX + "decoder.weight")
+  if dec is not None and (word is None or dec.shape != word.shape or not np.array_equal(dec, word)):
+    raise CheckpointLoadError(f"{_MLM_PREFIX}decoder.weight differs from the word embeddings: "
+                              "the masked_lm head ties its decoder to them and cannot hold an "
+                              "untied one")
+  dec_bias = tensors.get(_MLM_PREFIX + "decoder.bias")
+  if dec_bias is not None and not np.array_equal(dec_bias, head["bias"][0]):
+    raise CheckpointLoadError(f"{_MLM_PREFIX}decoder.bias differs from {_MLM_PREFIX}bias")
+  return head
+
+
+def to_hf_mlm_tensors(head: Dict[str, np.ndarray], row: int = 0) -> Dict[str, np.ndarray]:
+  """Row ``row`` of a masked_lm head -> ``cls.predictions.*`` names (the decoder is tied)."""
+  out = {}
+  for rest, (key, transpose) in _MLM.items():
+    if rest.endswith(("gamma", "beta")):
+      continue
+    value = np.asarray(head[key][row], np.float32)
+    out[_MLM_PREFIX + rest] = value.T if transpose else value
+  out[_MLM_PREFIX + "decoder.bias"] = out[_MLM_PREFIX + "bias"]
+  return out
 
 
 # --- tokenization -------------------------------------------------------------
