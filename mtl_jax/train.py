@@ -99,8 +99,9 @@ def _delta_m_args(delta_m, specs):
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
-  Returns {"validation": {task: {metric: value}}, "test": {...}} and writes it
-  to ``workdir/results.json``.
+  Returns {"validation": {task: {metric: value}}, "test": {...}} (with
+  ``config.delta_m`` also ``"delta_m": {split: Δm%}``) and writes it to
+  ``workdir/results.json``.
   """
   run = setup(config, workdir)
   config, program, mesh, checkpointer = run.config, run.program, run.mesh, run.checkpointer
