@@ -266,8 +266,9 @@ def test_delta_m_reproduces_published_nyuv2_rows():
     got = metrics.delta_m(row, NYU_STL, NYU_METRICS, kind_of=NYU_KINDS)
     assert got == pytest.approx(-published, abs=0.01)  # the table rounds each entry
     # LibMTL's count_improvement: per-task means first, written out by hand
-    seg = ((row["seg"]["miou"] - .3830) / .3830 + (row["seg"]["pixel_accuracy"] - .6376) / .6376) / 2
-    dep = (-(row["depth"]["abs_err"] - .6754) / .6754 - (row["depth"]["rel_err"] - .2780) / .2780) / 2
+    s, d = row["seg"], row["depth"]
+    seg = ((s["miou"] - .3830) / .3830 + (s["pixel_accuracy"] - .6376) / .6376) / 2
+    dep = (-(d["abs_err"] - .6754) / .6754 - (d["rel_err"] - .2780) / .2780) / 2
     nor = np.mean([-(row["normal"]["mean_angle"] - 25.01) / 25.01,
                    -(row["normal"]["median_angle"] - 19.21) / 19.21,
                    (row["normal"]["within_11_25"] - .3014) / .3014,

@@ -22,7 +22,7 @@ IGNORE = -1
 def remap_ignore(labels: np.ndarray, ignore_label: int) -> np.ndarray:
   """int32 labels with ``ignore_label`` replaced by ``IGNORE`` (the batch format's value)."""
   labels = np.asarray(labels)
-  if labels.size and np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
+  if np.issubdtype(labels.dtype, np.floating) and np.any(labels != np.round(labels)):
     raise ValueError("segmentation labels must be whole numbers")
   out = labels.astype(np.int32)
   if ignore_label != IGNORE:
