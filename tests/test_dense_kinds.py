@@ -211,6 +211,8 @@ def test_bad_labels_and_specs_are_clear_errors(split):
     tasks.validate_labels(NORMAL, n, mask["normal"])
   with pytest.raises(LabelError, match=r"'normal'.*shape \(7, 5, 6\)"):
     tasks.validate_labels(NORMAL, labels["depth"], mask["normal"])
+  with pytest.raises(LabelError, match=r"'seg'.*labels are 5x6 .*inputs has shape \(7, 5, 7, 3\)"):
+    tasks.validate_batch(SPECS, labels, mask, inputs=np.zeros((N, H, W + 1, 3)))
   with pytest.raises(LabelError, match="mask must have shape"):
     tasks.validate_labels(SEG, labels["seg"], np.ones((N, H, W), bool))
   with pytest.raises(ValueError, match="num_outputs must be 3"):
