@@ -110,6 +110,18 @@ def test_losses_match_the_oracles_with_ignored_pixels_and_junk_under_the_mask(sp
     assert float(count) == valid.sum() > 0
 
 
+def test_loss_count_weights_microbatches_into_the_whole_batch_loss(split):
+  """What gradient accumulation relies on: halves weighted by their valid pixels."""
+  out, labels, mask = split
+  for spec in SPECS:
+    o, y, m = (jnp.asarray(a[spec.name]) for a in (out, labels, mask))
+    parts = [(o[sl], y[sl], m[sl]) for sl in (slice(0, 3), slice(3, N))]
+    losses_ = [losses.task_loss(spec, *p) for p in parts]
+    counts = [spec.task_kind.loss_count(p[1], p[2]) for p in parts]
+    acc = sum(l * c for l, c in zip(losses_, counts)) / sum(counts)
+    np.testing.assert_allclose(float(acc), float(losses.task_loss(spec, o, y, m)), rtol=1e-5)
+
+
 def test_no_valid_pixel_gives_loss_0_and_zero_gradient(split):
   out, labels, mask = split
   blank = {"seg": np.full((N, H, W), -1), "depth": np.zeros((N, H, W), np.float32),
