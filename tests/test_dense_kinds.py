@@ -115,7 +115,8 @@ def test_loss_count_weights_microbatches_into_the_whole_batch_loss(split):
   out, labels, mask = split
   for spec in SPECS:
     o, y, m = (jnp.asarray(a[spec.name]) for a in (out, labels, mask))
-    parts = [(o[sl], y[sl], m[sl]) for sl in (slice(0, 3), slice(3, N))]
+    first = jnp.arange(N) < 3  # the two microbatches as masks: no new shapes to compile
+    parts = [(o, y, m & first), (o, y, m & ~first)]
     losses_ = [losses.task_loss(spec, *p) for p in parts]
     counts = [spec.task_kind.loss_count(p[1], p[2]) for p in parts]
     acc = sum(l * c for l, c in zip(losses_, counts)) / sum(counts)
