@@ -67,11 +67,9 @@ class DenseKind(TaskKind):
     """Loss of every pixel, [..., B, H, W]; labels are safe (valid everywhere they are read)."""
     raise NotImplementedError
 
-  def check_inputs(self, spec, mask, inputs, labels=None):
+  def check_label_inputs(self, spec, labels, inputs):
     """Every image input [N, H, W, ...] must have the labels' H, W: a dense head predicts at
     the input resolution (the decoders resize to it)."""
-    if inputs is None or labels is None:
-      return
     hw = tuple(labels.shape[1:3])
     for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
       shape = np.shape(leaf)

@@ -110,8 +110,11 @@ class TaskKind:
   def check_labels(self, spec, labels: np.ndarray, mask: np.ndarray) -> None:
     """Value checks on labelled entries; shapes are already checked. Raises LabelError."""
 
-  def check_inputs(self, spec, mask: np.ndarray, inputs, labels=None) -> None:
-    """Checks labels against the inputs (sequence length, image size); no-op by default."""
+  def check_inputs(self, spec, mask: np.ndarray, inputs) -> None:
+    """Checks labels against the inputs (e.g. sequence length); no-op by default."""
+
+  def check_label_inputs(self, spec, labels: np.ndarray, inputs) -> None:
+    """Checks the labels' shape against the inputs (e.g. image size); no-op by default."""
 
   # ------------------------------------------------------------- jax loss
 

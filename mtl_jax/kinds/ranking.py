@@ -102,7 +102,7 @@ class Ranking(TaskKind):
           f"query has no loss, MRR or NDCG: drop it or mask it out "
           f"(mask[{spec.name!r}][{i}, :] = False)")
 
-  def check_inputs(self, spec, mask, inputs, labels=None):
+  def check_inputs(self, spec, mask, inputs):
     check_positions(spec, mask, inputs)
 
   def per_example_loss(self, outputs, labels, mask=None):

@@ -37,7 +37,7 @@ class TokenClassification(TaskKind):
   def check_labels(self, spec, labels, mask):
     check_classes(spec, labels, mask)
 
-  def check_inputs(self, spec, mask, inputs, labels=None):
+  def check_inputs(self, spec, mask, inputs):
     check_positions(spec, mask, inputs)
 
   def per_example_loss(self, outputs, labels, mask=None):
