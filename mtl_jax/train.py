@@ -110,6 +110,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   is_main = jax.process_index() == 0
   num_steps, start, state = int(config.num_train_steps), run.start_step, program.state
   delta_m_args = _delta_m_args(cfg("delta_m"), specs)  # checked before training, not after
+  several = [s.name for s in specs if sum(s.name in src.tasks for src in run.sources) > 1]
+  if delta_m_args and several:
+    raise ValueError(f"config.delta_m: tasks {several} are labelled by several datasets and "
+                     "reported per dataset (task@alias); Δm% needs one value per task")
 
   def run_eval(split):
     return evaluate_sources(run.eval_fn, state.params, run.sources, split, specs, groups,
