@@ -113,6 +113,8 @@ def validate_labels(spec: TaskSpec, labels: np.ndarray, mask: np.ndarray, inputs
                      f"{mask.shape} and kind {spec.kind} with num_outputs="
                      f"{spec.num_outputs} need {expected}")
   kind.check_inputs(spec, mask, inputs)
+  if inputs is not None:
+    kind.check_label_inputs(spec, labels, inputs)
   if mask.any():
     kind.check_labels(spec, labels, mask)
 

@@ -99,8 +99,9 @@ def _delta_m_args(delta_m, specs):
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
-  Returns {"validation": {task: {metric: value}}, "test": {...}} and writes it
-  to ``workdir/results.json``.
+  Returns {"validation": {task: {metric: value}}, "test": {...}} (with
+  ``config.delta_m`` also ``"delta_m": {split: Δm%}``) and writes it to
+  ``workdir/results.json``.
   """
   run = setup(config, workdir)
   config, program, mesh, checkpointer = run.config, run.program, run.mesh, run.checkpointer
@@ -109,6 +110,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   is_main = jax.process_index() == 0
   num_steps, start, state = int(config.num_train_steps), run.start_step, program.state
   delta_m_args = _delta_m_args(cfg("delta_m"), specs)  # checked before training, not after
+  several = [s.name for s in specs if sum(s.name in src.tasks for src in run.sources) > 1]
+  if delta_m_args and several:
+    raise ValueError(f"config.delta_m: tasks {several} are labelled by several datasets and "
+                     "reported per dataset (task@alias); Δm% needs one value per task")
 
   def run_eval(split):
     return evaluate_sources(run.eval_fn, state.params, run.sources, split, specs, groups,

@@ -110,6 +110,19 @@ def test_losses_match_the_oracles_with_ignored_pixels_and_junk_under_the_mask(sp
     assert float(count) == valid.sum() > 0
 
 
+def test_loss_count_weights_microbatches_into_the_whole_batch_loss(split):
+  """What gradient accumulation relies on: halves weighted by their valid pixels."""
+  out, labels, mask = split
+  for spec in SPECS:
+    o, y, m = (jnp.asarray(a[spec.name]) for a in (out, labels, mask))
+    first = jnp.arange(N) < 3  # the two microbatches as masks: no new shapes to compile
+    parts = [(o, y, m & first), (o, y, m & ~first)]
+    losses_ = [losses.task_loss(spec, *p) for p in parts]
+    counts = [spec.task_kind.loss_count(p[1], p[2]) for p in parts]
+    acc = sum(l * c for l, c in zip(losses_, counts)) / sum(counts)
+    np.testing.assert_allclose(float(acc), float(losses.task_loss(spec, o, y, m)), rtol=1e-5)
+
+
 def test_no_valid_pixel_gives_loss_0_and_zero_gradient(split):
   out, labels, mask = split
   blank = {"seg": np.full((N, H, W), -1), "depth": np.zeros((N, H, W), np.float32),
@@ -211,6 +224,8 @@ def test_bad_labels_and_specs_are_clear_errors(split):
     tasks.validate_labels(NORMAL, n, mask["normal"])
   with pytest.raises(LabelError, match=r"'normal'.*shape \(7, 5, 6\)"):
     tasks.validate_labels(NORMAL, labels["depth"], mask["normal"])
+  with pytest.raises(LabelError, match=r"'seg'.*labels are 5x6 .*inputs has shape \(7, 5, 7, 3\)"):
+    tasks.validate_batch(SPECS, labels, mask, inputs=np.zeros((N, H, W + 1, 3)))
   with pytest.raises(LabelError, match="mask must have shape"):
     tasks.validate_labels(SEG, labels["seg"], np.ones((N, H, W), bool))
   with pytest.raises(ValueError, match="num_outputs must be 3"):
@@ -266,8 +281,9 @@ def test_delta_m_reproduces_published_nyuv2_rows():
     got = metrics.delta_m(row, NYU_STL, NYU_METRICS, kind_of=NYU_KINDS)
     assert got == pytest.approx(-published, abs=0.01)  # the table rounds each entry
     # LibMTL's count_improvement: per-task means first, written out by hand
-    seg = ((row["seg"]["miou"] - .3830) / .3830 + (row["seg"]["pixel_accuracy"] - .6376) / .6376) / 2
-    dep = (-(row["depth"]["abs_err"] - .6754) / .6754 - (row["depth"]["rel_err"] - .2780) / .2780) / 2
+    s, d = row["seg"], row["depth"]
+    seg = ((s["miou"] - .3830) / .3830 + (s["pixel_accuracy"] - .6376) / .6376) / 2
+    dep = (-(d["abs_err"] - .6754) / .6754 - (d["rel_err"] - .2780) / .2780) / 2
     nor = np.mean([-(row["normal"]["mean_angle"] - 25.01) / 25.01,
                    -(row["normal"]["median_angle"] - 19.21) / 19.21,
                    (row["normal"]["within_11_25"] - .3014) / .3014,

@@ -102,6 +102,13 @@ def test_delta_m_config_errors(baseline, tmp_path):
     train.train_and_evaluate(_config(delta_m=dict(baseline={"segmentation": {"miou": 0.3}},
                                                   metrics={"depth": ["abs_err"]})),
                              str(tmp_path / "b"))
+  two = _config(delta_m=dict(baseline=path))
+  small = dict(name="dense_shapes", size=8, num_train=8, num_validation=4, num_test=0,
+               tasks=["segmentation", "depth", "normal"])
+  del two.data
+  two.datasets = [dict(small, alias="a"), dict(small, alias="b", seed=1)]
+  with pytest.raises(ValueError, match=r"labelled by several datasets .*task@alias"):
+    train.train_and_evaluate(two, str(tmp_path / "d"))
   with pytest.raises(ValueError, match="unknown task 'seg'"):
     train.train_and_evaluate(_config(delta_m=dict(baseline=path, metrics={"seg": ["miou"]})),
                              str(tmp_path / "c"))

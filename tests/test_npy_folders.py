@@ -149,3 +149,15 @@ def test_study_provenance_fingerprints_the_folder(nyu, tmp_path):
   np.save(os.path.join(d, "val", "image", "0.npy"), np.zeros((H, W + 1, 3), np.float32))
   after, _ = sweep.provenance(cfg, 0, commit="x")
   assert after["setup_hash"] != before["setup_hash"]
+
+
+def test_cityscapes_label_7_folder_is_suggested_then_read(tmp_path):
+  root = str(tmp_path / "cs7")
+  files = {s: _arrays(2, k, classes=7, normals=False) for k, s in enumerate(("train", "val"))}
+  for f in files.values():
+    f["label_7"] = f.pop("label")
+  write_folder(root, files)
+  with pytest.raises(DatasetLayoutError, match=r"has \['label_7'\]: pass label_dir="):
+    build_dataset(dict(name="cityscapes", data_dir=root))
+  s = build_dataset(dict(name="cityscapes", data_dir=root, label_dir="label_7"))
+  np.testing.assert_array_equal(s.train.labels["segmentation"], files["train"]["label_7"])

@@ -77,6 +77,12 @@ def read_split(root: str, split: str, fields: Sequence[str], label_dir: str, num
   """One split folder as an ArrayDataset; every error names the file and what is wrong."""
   base = os.path.join(root, split)
   dirs = {f: os.path.join(base, label_dir if f == "label" else f) for f in fields}
+  if not os.path.isdir(dirs["label"]):
+    others = sorted(d for d in os.listdir(base) if d.startswith("label")) if os.path.isdir(
+        base) else []
+    if others:  # MTAN's / CAGrad's Cityscapes has label_7 and label_19
+      raise DatasetLayoutError(f"missing folder {dirs['label']}; {base} has {others}: pass "
+                               f"label_dir= one of them (and its num_classes)")
   counts = {f: len(_count(d)) for f, d in dirs.items()}
   if len(set(counts.values())) > 1:
     raise DatasetLayoutError(f"{base}: the fields hold different numbers of files: {counts}")
@@ -164,8 +170,9 @@ def nyuv2(data_dir: Optional[str] = None, num_classes: int = 13, ignore_label: i
 @DATASETS.register("cityscapes")
 def cityscapes(data_dir: Optional[str] = None, num_classes: int = 7, ignore_label: int = IGNORE,
                holdout: int = 0, seed: int = 0, label_dir: str = "label") -> DataSplits:
-  """Tasks ``segmentation`` (7 classes; ``num_classes=19``, ``label_dir="label_19"`` for
-  the 19-class files) and ``depth`` from a Cityscapes folder in the same layout."""
+  """Tasks ``segmentation`` (7 classes) and ``depth`` from a Cityscapes folder in the same
+  layout. LibMTL's files name the label folder ``label``; MTAN's and CAGrad's
+  ``label_7`` (``label_dir="label_7"``) and ``label_19`` (with ``num_classes=19``)."""
   return read_folder(data_dir, ("image", "label", "depth"), "cityscapes", num_classes,
                      ignore_label, holdout, seed, label_dir)
 

@@ -67,6 +67,17 @@ class DenseKind(TaskKind):
     """Loss of every pixel, [..., B, H, W]; labels are safe (valid everywhere they are read)."""
     raise NotImplementedError
 
+  def check_label_inputs(self, spec, labels, inputs):
+    """Every image input [N, H, W, ...] must have the labels' H, W: a dense head predicts at
+    the input resolution (the decoders resize to it)."""
+    hw = tuple(labels.shape[1:3])
+    for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+      shape = np.shape(leaf)
+      if len(shape) >= 3 and tuple(shape[1:3]) != hw:
+        raise LabelError(f"task {spec.name!r} ({spec.kind}): labels are {hw[0]}x{hw[1]} per "
+                         f"example but inputs{jax.tree_util.keystr(path)} has shape {shape}; "
+                         "dense labels must have the images' height and width")
+
   def _check_shapes(self, outputs, labels):
     want = labels.shape[:labels.ndim - len(self.pixel_dims)]
     if outputs.shape[:-1] != want:

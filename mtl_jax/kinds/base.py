@@ -113,6 +113,9 @@ class TaskKind:
   def check_inputs(self, spec, mask: np.ndarray, inputs) -> None:
     """Checks labels against the inputs (e.g. sequence length); no-op by default."""
 
+  def check_label_inputs(self, spec, labels: np.ndarray, inputs) -> None:
+    """Checks the labels' shape against the inputs (e.g. image size); no-op by default."""
+
   # ------------------------------------------------------------- jax loss
 
   def per_example_loss(self, outputs: jax.Array, labels: jax.Array,

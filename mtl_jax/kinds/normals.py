@@ -15,7 +15,8 @@ interpolation inside the bin, so it is within one bin (0.001°) of
 ``np.median`` over all pixels while evaluation keeps no outputs.
 
 Valid pixels are those whose label is not the zero vector; LibMTL tests
-``sum(n) != 0``, which differs only on normals whose components sum to 0.
+``sum(n) != 0``, which differs only on normals whose components sum to 0. A
+prediction of exactly (0, 0, 0) has cosine 0 (90°) here, NaN in LibMTL.
 """
 
 import jax.numpy as jnp
