@@ -42,7 +42,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _RULE_LINE = re.compile(r"^\s*([*=\-~^#_+])\1{2,}\s*$")  # reST underlines: ******, =====
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Corpus:
   """Token ids of every sentence of every document, in flat arrays.
 
