@@ -286,3 +286,16 @@ def test_errors(model, hf_dir, splits):
   with pytest.raises(ValueError, match="continuation"):
     mlm_masking.mask_sequences(x["input_ids"], x["attention_mask"], SPECIAL, 4, V, 0,
                                whole_word=True)
+
+
+def test_per_task_feature_copies_give_the_same_logits(model):
+  """The representation-gradient path (MGDA-UB: per-task copies of the features through
+  ColumnHeads) runs the masked_lm head on [T, B, L, D] features, with the same result."""
+  from mtl_jax.models.sharing import variables, zero_perturbations
+  m, _, _, params, batch = model
+  x = batch["inputs"]
+  z = zero_perturbations(m, x, params, num_tasks=1)
+  assert "task_features" in z
+  plain = np.asarray(m.apply({"params": params}, x)["masked_lm_%d" % V])
+  copies = np.asarray(m.apply(variables(params, z), x)["masked_lm_%d" % V])
+  np.testing.assert_allclose(copies, plain, atol=1e-6)
