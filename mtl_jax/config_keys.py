@@ -77,11 +77,12 @@ SCHEMA: Tuple[Any, ...] = (
     Key("mixing.batches", _S, "per_dataset", "per_dataset (one dataset per batch) | mixed"),
     Key("mixing.task_embedding", _B, False, "append a one-hot dataset id to array inputs"),
     Key("stages", Optional[_SEQ_DICT], None,
-        "tasks over time: [dict(steps=, tasks=[...] | datasets=[...], replay=0.0)]"),
+        "tasks over time: [dict(steps=, tasks=[...] | datasets=[...], replay=0.0 | "
+        "allocation='equal' | {task: iterations})]"),
     Key("prefetch_batches", _I, 0, ">0: the train feed prepares that many batches ahead"),
     # ---- model
     Options("model", (("model.sharing", "sharing scheme", "hard"),),
-            ("sharing", "dtype", "param_dtype"), MANDATORY,
+            ("sharing", "dtype", "param_dtype", "task_embedding"), MANDATORY,
             "dict(sharing=scheme, trunk=dict(...), **the scheme's options) (docs/sharing.md)",
             dict),
     Key("model.sharing", _S, "hard",
@@ -93,6 +94,9 @@ SCHEMA: Tuple[Any, ...] = (
     Key("model.param_dtype", _S, "float32", "stored parameter dtype"),
     Key("model.route_heads", _B, False,
         "(hard, pooled) each example through its own task's head in training"),
+    # ernie: ERNIE 2.0 task embedding
+    Key("model.task_embedding", _I, 0, "number of task ids: a learned vector per id added to "
+        "the trunk's input embeddings (bert), fed by each dataset's task_id (0: off)"),
     Key("model.head_hidden", Sequence[int], (), "hidden widths of each task's head (towers)"),
     Key("model.num_experts", _I, 8, "(mmoe, omoe) number of experts"),
     Key("model.stitch_diagonal", _F, 0.9, "(cross_stitch) initial self-weight of each unit"),

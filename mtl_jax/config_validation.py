@@ -72,6 +72,9 @@ def _check_model(model) -> None:
       _check(key, v, _int_at_least(1), "an integer >= 1")
     elif name == "dropout":
       _check(key, v, lambda v: _is_number(v) and 0 <= v < 1, "a rate in [0, 1)")
+    elif name == "task_embedding":  # ernie: number of task ids (0 / None: off)
+      _check(key, v, lambda v: v is None or (_is_int(v) and v >= 0),
+             "the number of task ids, an integer >= 0 (0: no task embedding)")
 
 
 def _check_data(data) -> None:

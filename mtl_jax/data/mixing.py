@@ -20,6 +20,12 @@ change the streams and their probabilities at stage boundaries: a stage
 trains its new tasks with a share ``1 - replay`` of the batches (or
 examples) and the tasks of earlier stages with ``replay``; a task outside
 both has its mask cleared in the batch, so it gets no gradient.
+
+ERNIE 2.0's continual multi-task schedule (a stage's ``allocation``) instead
+divides the stage's iterations among every task present so far (earlier
+tasks keep a share): exact counts per task, each iteration one task's batch,
+in a seeded order (``default_rng([seed, stage, 2])``). ``ernie_stages`` writes
+the paper's schedule (equal stages, equal shares, total iterations fixed).
 """
 
 import dataclasses
@@ -32,12 +38,12 @@ from mtl_jax import tasks as tasks_lib
 from mtl_jax.data.base import ArrayDataset, build_dataset
 from mtl_jax.data.pipeline import _local_slice
 
-RESERVED = ("name", "tasks", "weight", "alias")
+RESERVED = ("name", "tasks", "weight", "alias", "task_id")
 SAMPLINGS = ("proportional", "temperature", "uniform", "weights")
 BATCHES = ("per_dataset", "mixed")
 MIXING_DEFAULTS = dict(sampling="proportional", temperature=2.0, batches="per_dataset",
                        task_embedding=False)
-STAGE_KEYS = ("steps", "tasks", "datasets", "replay")
+STAGE_KEYS = ("steps", "tasks", "datasets", "replay", "allocation")
 SPLITS = ("train", "validation", "test")
 
 
@@ -53,6 +59,7 @@ class Source:
   tasks: Tuple[str, ...]
   weight: Optional[float]
   splits: Dict[str, ArrayDataset]
+  task_id: Optional[int] = None
 
 
 def uses_mixture(config) -> bool:
@@ -158,6 +165,40 @@ def _with_dataset_id(ds: ArrayDataset, index: int, count: int, alias: str) -> Ar
   return ArrayDataset(np.concatenate([x, onehot], axis=1), ds.labels, ds.mask)
 
 
+def _with_task_id(ds: ArrayDataset, task_id: int, alias: str) -> ArrayDataset:
+  """Adds ``inputs["task_id"]`` [N] (``model.task_embedding``: the trunk's learned task vector)."""
+  if not isinstance(ds.inputs, dict):
+    raise ValueError(f"model.task_embedding feeds inputs['task_id'] to a trunk that embeds "
+                     f"tokens, but dataset {alias!r} has inputs {structure(ds)}; for [N, features] "
+                     f"arrays use config.mixing.task_embedding (a one-hot id in the features)")
+  if "task_id" in ds.inputs:
+    raise ValueError(f"dataset {alias!r} already has an input called 'task_id'")
+  inputs = dict(ds.inputs, task_id=np.full(len(ds), task_id, np.int32))
+  return ArrayDataset(inputs, ds.labels, ds.mask)
+
+
+def _task_ids(config, entries) -> Optional[List[int]]:
+  """Each dataset's task id under ``model.task_embedding`` (its ``task_id``, default its index)."""
+  num = int((config.get("model") or {}).get("task_embedding") or 0)
+  given = [e.get("task_id") for e in entries]
+  if not num:
+    named = [str(e.get("alias") or e.get("name")) for e, t in zip(entries, given) if t is not None]
+    if named:
+      raise ValueError(f"datasets {named} set `task_id` but config.model.task_embedding is "
+                       f"unset: nothing would use it")
+    return None
+  if config.get("mixing") and dict(config.mixing).get("task_embedding"):
+    raise ValueError("config.model.task_embedding (a learned vector per task id in the trunk) "
+                     "and config.mixing.task_embedding (a one-hot id appended to array "
+                     "features) are two ways of one thing: use one")
+  ids = [i if t is None else t for i, t in enumerate(given)]
+  for e, t in zip(entries, ids):
+    if isinstance(t, bool) or int(t) != t or not 0 <= t < num:
+      raise ValueError(f"dataset {str(e.get('alias') or e.get('name'))!r} has task_id {t!r}, "
+                       f"outside [0, model.task_embedding={num})")
+  return [int(t) for t in ids]
+
+
 def load_sources(config, specs) -> List[Source]:
   """Builds every configured dataset, checks its labels against its tasks' kinds and
   returns them in the masked format of all configured tasks."""
@@ -165,6 +206,7 @@ def load_sources(config, specs) -> List[Source]:
   by_name = {s.name: s for s in specs}
   entries = _entries(config, names)
   opts = mixing_options(config) if uses_mixture(config) else MIXING_DEFAULTS
+  task_ids = _task_ids(config, entries)
   raw, seen = [], set()
   for i, entry in enumerate(entries):
     if "name" not in entry:
@@ -200,7 +242,8 @@ def load_sources(config, specs) -> List[Source]:
     if "train" not in splits or len(splits["train"]) == 0:
       raise ValueError(f"dataset {alias!r} has no training examples")
     raw.append(Source(alias, entry["name"], tuple(c for c in names if c in mapping),
-                      None if weight is None else float(weight), splits))
+                      None if weight is None else float(weight), splits,
+                      None if task_ids is None else task_ids[i]))
   unlabelled = [n for n in names if not any(n in s.tasks for s in raw)]
   if unlabelled:
     raise ValueError(f"config tasks {unlabelled} are labelled by no dataset; datasets label: "
@@ -215,6 +258,8 @@ def load_sources(config, specs) -> List[Source]:
     if opts["task_embedding"]:
       idx = raw.index(s)
       s.splits = {k: _with_dataset_id(v, idx, len(raw), s.alias) for k, v in s.splits.items()}
+    if s.task_id is not None:
+      s.splits = {k: _with_task_id(v, s.task_id, s.alias) for k, v in s.splits.items()}
   _check_structures(raw)
   return raw
 
@@ -254,6 +299,56 @@ class Phase:
   streams: List[Tuple[int, np.ndarray]]
   probs: np.ndarray
   label: str = ""
+  # ERNIE 2.0 allocation: exact iterations per stream (sum = end - start) and per task.
+  counts: Optional[np.ndarray] = None
+  allocation: Optional[Dict[str, int]] = None
+
+
+def _split_counts(total: int, weights: np.ndarray) -> np.ndarray:
+  """Integers summing to ``total`` proportional to ``weights`` (largest remainder, ties to the
+  first)."""
+  exact = total * np.asarray(weights, np.float64) / np.sum(weights)
+  out = np.floor(exact).astype(np.int64)
+  order = np.argsort(-(exact - out), kind="stable")
+  out[order[:total - out.sum()]] += 1
+  return out
+
+
+def _allocation(j, stage, steps, present, opts) -> Dict[str, int]:
+  """{task: iterations} of stage ``j`` over the tasks ``present`` (earlier + new, in order)."""
+  alloc = stage["allocation"]
+  if opts["batches"] != "per_dataset":
+    raise ValueError(f"config.stages[{j}].allocation gives each task whole iterations (one "
+                     f"task's batch each), which needs config.mixing.batches='per_dataset'")
+  if stage.get("replay"):
+    raise ValueError(f"config.stages[{j}] has both `replay` and `allocation`: allocation "
+                     f"already gives earlier tasks their share; use one")
+  if alloc == "equal":
+    return dict(zip(present, (int(c) for c in _split_counts(steps, np.ones(len(present))))))
+  if not hasattr(alloc, "items"):
+    raise ValueError(f"config.stages[{j}].allocation must be 'equal' or a dict {{task: "
+                     f"iterations}}, got {alloc!r}")
+  alloc = {str(t): c for t, c in dict(alloc).items()}
+  unknown = [t for t in alloc if t not in present]
+  if unknown:
+    raise ValueError(f"config.stages[{j}].allocation names {unknown}, which are not trained by "
+                     f"this or an earlier stage; tasks present: {present}")
+  bad = [(t, c) for t, c in alloc.items() if isinstance(c, bool) or int(c) != c or c < 0]
+  if bad:
+    raise ValueError(f"config.stages[{j}].allocation: iterations must be ints >= 0, got {bad}")
+  if sum(int(c) for c in alloc.values()) != steps:
+    raise ValueError(f"config.stages[{j}].allocation sums to {sum(alloc.values())} iterations "
+                     f"but the stage has steps={steps}")
+  return {t: int(alloc.get(t, 0)) for t in present}
+
+
+def ernie_stages(task_groups: Sequence[Sequence[str]], total_steps: int) -> List[dict]:
+  """ERNIE 2.0's continual multi-task schedule as ``config.stages``: stage j adds
+  ``task_groups[j]``; the ``total_steps`` are split into equal stages, each divided equally
+  among every task present so far."""
+  lengths = _split_counts(int(total_steps), np.ones(len(task_groups)))
+  return [dict(steps=int(n), tasks=list(g), allocation="equal")
+          for n, g in zip(lengths, task_groups)]
 
 
 def build_phases(config, sources: Sequence[Source], specs) -> List[Phase]:
@@ -275,6 +370,9 @@ def build_phases(config, sources: Sequence[Source], specs) -> List[Phase]:
     steps = int(stage.get("steps", 0))
     if steps < 1:
       raise ValueError(f"config.stages[{j}].steps must be >= 1, got {stage.get('steps')}")
+    for key in ("tasks", "datasets"):
+      if key in stage and not stage[key]:
+        raise ValueError(f"config.stages[{j}].{key} is empty: the stage names no task")
     if bool(stage.get("tasks")) == bool(stage.get("datasets")):
       raise ValueError(f"config.stages[{j}] needs exactly one of `tasks` or `datasets`")
     if stage.get("datasets"):
@@ -296,6 +394,27 @@ def build_phases(config, sources: Sequence[Source], specs) -> List[Phase]:
     if replay > 0 and not old:
       raise ValueError(f"config.stages[{j}].replay={replay} but no earlier stage trained other "
                        f"tasks: there is nothing to replay")
+    if stage.get("allocation") is not None:
+      present = [t for t in names if t in earlier or t in new]
+      alloc = _allocation(j, stage, steps, present, opts)
+      idle = [t for t in new if not alloc[t]]
+      if idle:
+        raise ValueError(f"config.stages[{j}] adds tasks {idle} but allocates them no "
+                         f"iterations: {alloc}")
+      streams, counts = [], []
+      for t, c in alloc.items():
+        idx = [i for i, s in enumerate(sources) if t in s.tasks]
+        per = _split_counts(c, mixture_weights([sources[i] for i in idx], opts, f"stage {j}"))
+        for i, ci in zip(idx, per):
+          if ci:
+            streams.append((i, np.array([u == t for u in names])))
+            counts.append(int(ci))
+      counts = np.asarray(counts, np.int64)
+      phases.append(Phase(start, start + steps, streams, counts / counts.sum(),
+                          f"stage {j}: +{new}, iterations {alloc}", counts, alloc))
+      earlier += [t for t in new if t not in earlier]
+      start += steps
+      continue
     streams, probs = [], []
     for group, share in ((new, 1.0 - replay), (old, replay)):
       if not group or share == 0:
@@ -340,12 +459,24 @@ class MixtureIterator:
     self._next = 0
     self._consumed = np.zeros(len(self._data), np.int64)
     self._perm_cache: Dict[Tuple[int, int], np.ndarray] = {}
+    self._schedules: Dict[int, np.ndarray] = {}
+
+  def _phase_index(self, k: int) -> int:
+    for j, p in enumerate(self._phases):
+      if k < p.end:
+        return j
+    return len(self._phases) - 1  # past the configured steps (e.g. a benchmark): keep the last
 
   def _phase(self, k: int) -> Phase:
-    for p in self._phases:
-      if k < p.end:
-        return p
-    return self._phases[-1]  # past the configured steps (e.g. a benchmark): keep the last
+    return self._phases[self._phase_index(k)]
+
+  def _schedule(self, j: int) -> np.ndarray:
+    """Stream of each iteration of allocated phase ``j``: its exact counts in a seeded order."""
+    if j not in self._schedules:
+      p = self._phases[j]
+      self._schedules[j] = np.random.default_rng([self._seed, j, 2]).permutation(
+          np.repeat(np.arange(len(p.counts)), p.counts))
+    return self._schedules[j]
 
   def _perm(self, d: int, e: int) -> np.ndarray:
     key = (d, e)
@@ -370,7 +501,12 @@ class MixtureIterator:
     k = self._next
     phase = self._phase(k)
     rng = np.random.default_rng([self._seed, k, 1])
-    if self._mixed:
+    if phase.counts is not None:
+      j = self._phase_index(k)
+      sched = self._schedule(j)
+      counts = np.zeros(len(phase.streams), np.int64)
+      counts[sched[min(k - phase.start, len(sched) - 1)]] = self._batch_size
+    elif self._mixed:
       counts = rng.multinomial(self._batch_size, phase.probs)
     else:
       counts = np.zeros(len(phase.streams), np.int64)
@@ -393,9 +529,17 @@ class MixtureIterator:
     self._next += 1
     return parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
+  def _allocations(self) -> Optional[List[Optional[Dict[str, int]]]]:
+    if all(p.allocation is None for p in self._phases):
+      return None
+    return [None if p.allocation is None else dict(p.allocation) for p in self._phases]
+
   def get_state(self) -> dict:
-    return {"next_index": self._next,
-            "consumed": {a: int(c) for a, c in zip(self._aliases, self._consumed)}}
+    state = {"next_index": self._next,
+             "consumed": {a: int(c) for a, c in zip(self._aliases, self._consumed)}}
+    if self._allocations() is not None:  # the stage schedule the checkpoint was trained on
+      state["allocation"] = self._allocations()
+    return state
 
   def set_state(self, state: dict) -> None:
     consumed = state.get("consumed")
@@ -403,6 +547,14 @@ class MixtureIterator:
       raise ValueError(f"checkpoint data state is for datasets "
                        f"{None if consumed is None else sorted(consumed)}, the config has "
                        f"{sorted(self._aliases)}")
+    saved = state.get("allocation")
+    if saved is not None or self._allocations() is not None:
+      norm = lambda a: None if a is None else [None if x is None else {str(k): int(v) for k, v  # noqa
+                                                                         in dict(x).items()}
+                                               for x in a]
+      if norm(saved) != norm(self._allocations()):
+        raise ValueError(f"checkpoint was trained on the stage allocation {norm(saved)}, the "
+                         f"config has {norm(self._allocations())}; resume with the same stages")
     self._next = int(state["next_index"])
     self._consumed = np.array([int(consumed[a]) for a in self._aliases], np.int64)
 
@@ -412,4 +564,14 @@ class MixtureIterator:
     for a, c, n in zip(self._aliases, self._consumed, self._sizes):
       out[f"data/{a}/examples"] = float(c)
       out[f"data/{a}/epochs"] = float(c) / float(n)
+    j = self._phase_index(max(self._next - 1, 0))
+    phase = self._phases[j]
+    if phase.allocation is not None:  # the current stage's allocation and its progress
+      out["stage/index"] = float(j)
+      done = np.bincount(self._schedule(j)[:max(self._next - phase.start, 0)],
+                         minlength=len(phase.counts))
+      for t, c in phase.allocation.items():
+        out[f"stage/{t}/iterations"] = float(c)
+        out[f"stage/{t}/done"] = float(sum(d for (_, act), d in zip(phase.streams, done)
+                                           if act[self._tasks.index(t)]))
     return out

@@ -23,6 +23,7 @@ def build_model(model_config, groups: Sequence[TaskGroup]) -> nn.Module:
   for key in ("dtype", "param_dtype"):  # the precision policy (mtl_jax/precision.py), not the module's
     kwargs.pop(key, None)
   kwargs = _trunk_inherits_dtype(kwargs, model_config.get("dtype"))
+  kwargs = _trunk_task_embedding(kwargs, kwargs.pop("task_embedding", None))
   cls = SHARING.get(kwargs.pop("sharing", "hard"))
   valid = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "groups")]
   unknown = sorted(set(kwargs) - set(valid))
@@ -50,3 +51,24 @@ def _trunk_inherits_dtype(kwargs, compute_dtype):
   if cls is None or "dtype" not in cls.__dataclass_fields__ or "dtype" in trunk:
     return kwargs
   return dict(kwargs, trunk=dict(trunk, dtype=compute_dtype))
+
+
+def _trunk_task_embedding(kwargs, num_tasks):
+  """``model.task_embedding=N`` (ERNIE 2.0's learned task vectors at the input layer) goes to the
+  trunk, which owns its input embeddings; a trunk without one is an error, not a no-op."""
+  if not num_tasks:
+    return kwargs
+  if isinstance(num_tasks, bool) or int(num_tasks) != num_tasks or num_tasks < 0:
+    raise ValueError(f"model.task_embedding must be the number of task ids (an int >= 0), got "
+                     f"{num_tasks!r}")
+  trunk = kwargs.get("trunk")
+  trunk = {} if trunk is None else trunk.to_dict() if hasattr(trunk, "to_dict") else dict(trunk)
+  cls = TRUNKS.get(trunk["name"]) if trunk.get("name") in TRUNKS else None
+  if cls is None or "task_embedding" not in cls.__dataclass_fields__:
+    raise ValueError(f"model.task_embedding={num_tasks}: trunk {trunk.get('name')!r} has no "
+                     f"input-layer task embedding (bert has); for [N, features] inputs use "
+                     f"config.mixing.task_embedding alone (a one-hot id appended to the features)")
+  if trunk.get("task_embedding", num_tasks) != num_tasks:
+    raise ValueError(f"model.task_embedding={num_tasks} but model.trunk.task_embedding="
+                     f"{trunk['task_embedding']}: set one")
+  return dict(kwargs, trunk=dict(trunk, task_embedding=int(num_tasks)))

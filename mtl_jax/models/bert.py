@@ -8,11 +8,15 @@ checkpoint maps without reshaping beyond transposing Linear weights
   block_i/attention/{query,key,value,out}/{kernel,bias}, block_i/attention_norm
   block_i/intermediate, block_i/output, block_i/output_norm
   pooler/{kernel,bias}                              (only with ``pooler=True``)
+  embeddings/task/embedding                         (only with ``task_embedding=N``)
 
 Layers are ``block_0 .. block_{N-1}`` like every other trunk, so the transfer
 strategies (freeze_bottom:N, layer decay, truncate:K through ``num_blocks``)
 address them by regex. Inputs are a dict of [B, L] int arrays: ``input_ids``,
-``attention_mask`` (1 = real token) and optional ``token_type_ids``.
+``attention_mask`` (1 = real token) and optional ``token_type_ids``; with
+``task_embedding=N`` also ``task_id`` [B] (ERNIE 2.0's task embedding: one
+learned vector per task id added beside the token, position and segment
+embeddings, before the embedding LayerNorm).
 """
 
 from typing import Any, Mapping
@@ -49,9 +53,10 @@ class Embeddings(nn.Module):
   layer_norm_eps: float
   init_std: float
   dtype: Any
+  num_tasks: int = 0
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, train: bool):
+  def __call__(self, input_ids, token_type_ids, train: bool, task_id=None):
     length = input_ids.shape[1]
     init = nn.initializers.normal(self.init_std)
     emb = lambda n, name: nn.Embed(n, self.hidden_size, dtype=self.dtype,  # noqa: E731
@@ -59,6 +64,8 @@ class Embeddings(nn.Module):
     x = (emb(self.vocab_size, "word")(input_ids)
          + emb(self.max_position, "position")(jnp.arange(length)[None, :])
          + emb(self.type_vocab_size, "token_type")(token_type_ids))
+    if self.num_tasks:  # one vector per example, broadcast over its positions
+      x = x + emb(self.num_tasks, "task")(task_id)[:, None, :]
     x = _norm(self.layer_norm_eps, self.dtype, "norm")(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
@@ -110,7 +117,7 @@ class Block(nn.Module):
     return _norm(self.layer_norm_eps, self.dtype, "output_norm")(x + drop(y))
 
 
-def _check_inputs(inputs):
+def _check_inputs(inputs, num_tasks):
   if not isinstance(inputs, Mapping):
     raise TypeError("bert trunk: inputs must be a dict with 'input_ids' and 'attention_mask' "
                     f"(and optionally 'token_type_ids') [B, L] int arrays, got {type(inputs)}")
@@ -121,6 +128,16 @@ def _check_inputs(inputs):
   for k in ("attention_mask", "token_type_ids"):
     if k in inputs and inputs[k].shape != ids.shape:
       raise ValueError(f"bert trunk: {k} has shape {inputs[k].shape}, input_ids {ids.shape}")
+  if num_tasks and "task_id" not in inputs:
+    raise KeyError(f"bert trunk: task_embedding={num_tasks} needs inputs['task_id'] [B]; the "
+                   f"data side adds it to datasets listed in config.datasets (each dataset's "
+                   f"`task_id`, default its index); got keys {sorted(inputs)}")
+  if not num_tasks and "task_id" in inputs:
+    raise ValueError("bert trunk: inputs carry 'task_id' but the trunk has no task embedding; "
+                     "set config.model.task_embedding to the number of task ids")
+  if num_tasks and tuple(inputs["task_id"].shape) != tuple(ids.shape[:1]):
+    raise ValueError(f"bert trunk: task_id must be [B] = {ids.shape[:1]}, got shape "
+                     f"{inputs['task_id'].shape}")
 
 
 @TRUNKS.register("bert")
@@ -131,6 +148,8 @@ class Bert(nn.Module):
   a checkpoint without one loads into ``pooler=False``). ``dtype`` is the
   compute dtype (params stay float32); features come out float32.
   ``num_blocks`` keeps the first K blocks (transfer's truncate:K), -1 all.
+  ``task_embedding`` is the number of task ids (0: none); set it through
+  ``config.model.task_embedding``.
   """
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -148,6 +167,7 @@ class Bert(nn.Module):
   pooler: bool = True
   dtype: Any = "float32"
   num_blocks: int = -1
+  task_embedding: int = 0
 
   def output_embedding(self):
     """The word-embedding table [V, D], for heads tied to it (masked_lm); call after __call__."""
@@ -168,7 +188,9 @@ class Bert(nn.Module):
     n = self.num_layers if self.num_blocks < 0 else self.num_blocks
     if not 0 <= n <= self.num_layers:
       raise ValueError(f"bert trunk: num_blocks {self.num_blocks} not in [0, {self.num_layers}]")
-    _check_inputs(inputs)
+    if self.task_embedding < 0:
+      raise ValueError(f"bert trunk: task_embedding must be >= 0, got {self.task_embedding}")
+    _check_inputs(inputs, self.task_embedding)
     ids = jnp.asarray(inputs["input_ids"], jnp.int32)
     if ids.ndim != 2:
       raise ValueError(f"bert trunk: input_ids must be [B, L], got shape {ids.shape}")
@@ -183,7 +205,9 @@ class Bert(nn.Module):
 
     x = Embeddings(self.vocab_size, self.hidden_size, self.max_position, self.type_vocab_size,
                    self.dropout, self.layer_norm_eps, self.init_std, dtype,
-                   name="embeddings")(ids, types, train)
+                   self.task_embedding, name="embeddings")(
+                       ids, types, train,
+                       jnp.asarray(inputs["task_id"], jnp.int32) if self.task_embedding else None)
     # Additive key mask, float32 like the softmax (HF uses finfo.min as well).
     bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
     for i in range(n):
