@@ -142,6 +142,8 @@ SCHEMA: Tuple[Any, ...] = (
     Key("init_from.step", Optional[_I], None, "checkpoint step (None: the latest intact)"),
     Key("init_from.load", _S, ".*", "regex of the parameters to copy"),
     Key("init_from.skip", Optional[_S], None, "regex of parameters not to copy"),
+    Key("init_from.heads", Optional[dict], None,
+        "{target task: source task}: copy that task's row of the source's stacked heads"),
     # ---- seeds, devices, logging
     Key("seed", _I, 0, "init and data-order seed"),
     Key("num_seeds", _I, 1, "N replicas (seeds seed..seed+N-1) in one vmapped program"),
