@@ -162,6 +162,27 @@ SCHEMA: Tuple[Any, ...] = (
     Key("checkpoint_every_steps", _I, 500, "checkpoint every N steps (0: only at the end)"),
     Key("keep_checkpoints", _I, 3, "checkpoints kept (older ones are the fallback)"),
     Key("progress_bar", _B, True, "tqdm bar on stderr"),
+    # ---- pipelines (mtl_jax/pipelines/, docs/pipelines.md)
+    Key("pipeline", Optional[dict], None,
+        "run several stages instead of one training run: dict(name=, **its options)"),
+    Key("pipeline.name", _S, MANDATORY, "mtdnn"),
+    Key("pipeline.tasks", Sequence[_S], MANDATORY,
+        "(mtdnn) GLUE tasks: cola sst2 mrpc qqp stsb mnli qnli rte wnli"),
+    Key("pipeline.encoder", _S, "", "(mtdnn) Hugging Face BERT directory ('': MiniLM)"),
+    Key("pipeline.pooling", _S, "cls", "(mtdnn) encoder pooling for the heads"),
+    Key("pipeline.max_length", _I, 128, "(mtdnn) tokens per (pair) sequence"),
+    Key("pipeline.holdout", _F, 0.0,
+        "(mtdnn) fraction of train held out for choices; dev is always the reported split"),
+    Key("pipeline.max_examples", Optional[_I], None, "(mtdnn) first N train/dev examples"),
+    Key("pipeline.finetune", Optional[Sequence[_S]], None,
+        "(mtdnn) tasks fine-tuned in stage 3 (None: all)"),
+    Key("pipeline.single_task", _B, False,
+        "(mtdnn) also fine-tune the encoder on each task alone (baseline)"),
+    Key("pipeline.stage2", dict, {}, "(mtdnn) config overrides for the multi-task stage"),
+    Key("pipeline.stage3", dict, {},
+        "(mtdnn) config overrides for per-task fine-tuning (and single_task)"),
+    Key("glue_dir", Optional[_S], None,
+        "GLUE folder <dir>/<TASK>/{train,dev,test}.tsv (pipeline mtdnn)"),
 )
 
 BY_PATH: Dict[str, Any] = {e.path: e for e in SCHEMA}

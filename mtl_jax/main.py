@@ -67,7 +67,11 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    if config.get("pipeline"):  # several stages, each its own run (mtl_jax/pipelines/)
+      from mtl_jax import pipelines
+      pipelines.run(config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(config, FLAGS.workdir)
   except ConfigError as e:  # checked up front (config_validation), so nothing has trained
     _config_error(e)
   except train.TrainingPreempted as e:
