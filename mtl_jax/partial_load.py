@@ -143,7 +143,8 @@ def load_head_rows(params, loaded: Dict[str, np.ndarray], heads: Dict[str, str],
   out, report, problems = dict(flat), [], []
   for t, s in heads.items():
     (tg, tr), (sg, sr) = target[t], source[s]
-    layers = [p for p in flat if p.startswith(f"heads/{tg}/") or p.startswith(f"heads/{tg}_hidden_")]
+    layers = [p for p in flat
+              if p.startswith(f"heads/{tg}/") or p.startswith(f"heads/{tg}_hidden_")]
     for p in sorted(layers):
       src = f"heads/{sg}" + p[len(f"heads/{tg}"):]
       value = flat[p]

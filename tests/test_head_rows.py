@@ -82,7 +82,8 @@ def test_heads_errors_name_the_culprit(source, tmp_path):
     _built(_config([BINARY("parity")], init_from=init({"parity": "digit"})))
   with pytest.raises(ValueError, match="init_from.load selects head parameters"):
     _built(_config([BINARY("other"), BINARY("parity")],
-                   init_from=dict(workdir=workdir, heads={"parity": "parity"}, load="(trunk|heads/binary_1)/.*")))
+                   init_from=dict(workdir=workdir, heads={"parity": "parity"},
+                                  load="(trunk|heads/binary_1)/.*")))
   bare = tmp_path / "bare"
   bare.mkdir()
   with pytest.raises(FileNotFoundError, match="config.json does not exist"):

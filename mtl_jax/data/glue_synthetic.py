@@ -15,8 +15,9 @@ GLUE's do (sentiment, word overlap, negation):
 | CoLA | 1 if the words follow "det adj noun verb det noun", 0 if shuffled |
 | MRPC, QQP | 1 if sentence 2 restates sentence 1 (same nouns, synonyms, reordered) |
 | STS-B | 5 x word overlap (Jaccard) of the two sentences, plus noise |
-| MNLI | entailment: s2 drops words of s1; contradiction: s2 negates s1; neutral: s2 adds a new clause |
-| RTE, QNLI | entailment / not_entailment as MNLI (QNLI: s1 is a question about a noun s2 mentions or not) |
+| MNLI | entailment: s2 drops s1's adjectives; contradiction: s2 negates s1; neutral: s2 adds a clause |
+| RTE | entailment vs not_entailment (the other two MNLI cases) |
+| QNLI | entailment if s2 mentions the noun the question s1 asks about |
 
 A fraction ``noise`` of labels is flipped, so no task is perfectly learnable.
 """

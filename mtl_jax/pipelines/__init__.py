@@ -7,14 +7,12 @@ builds an ordinary config per stage, so every stage is a normal run
 workdir's config.json.
 """
 
-from mtl_jax.registry import Registry
-
-PIPELINES = Registry("pipeline")
+from mtl_jax.pipelines import mtdnn  # noqa: F401  (registers "mtdnn")
+from mtl_jax.pipelines.base import PIPELINES
 
 
 def run(config, workdir: str) -> dict:
   """Runs ``config.pipeline`` in ``workdir``; returns its results."""
-  from mtl_jax.pipelines import mtdnn  # noqa: F401  (registers "mtdnn")
   name = dict(config.pipeline).get("name")
   if not name:
     raise ValueError("config.pipeline needs `name` (a registered pipeline, e.g. 'mtdnn')")

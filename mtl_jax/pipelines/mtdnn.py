@@ -32,7 +32,7 @@ import ml_collections
 
 from mtl_jax import checkpoint, config_keys
 from mtl_jax.data import glue
-from mtl_jax.pipelines import PIPELINES
+from mtl_jax.pipelines.base import PIPELINES
 
 # key -> (kind, num_outputs, metrics in report order)
 TASK_TYPES = {
