@@ -76,6 +76,10 @@ SCHEMA: Tuple[Any, ...] = (
     Key("mixing.temperature", _F, 2.0, "p ∝ n^(1/temperature) with sampling='temperature'"),
     Key("mixing.batches", _S, "per_dataset", "per_dataset (one dataset per batch) | mixed"),
     Key("mixing.task_embedding", _B, False, "append a one-hot dataset id to array inputs"),
+    Key("mixing.main", Optional[_S], None,
+        "MT-DNN main dataset alias: with ratio, the others are auxiliary"),
+    Key("mixing.ratio", Optional[_F], None,
+        "auxiliary batches per main batch (MT-DNN extra_task_ratio; capped by their size)"),
     Key("stages", Optional[_SEQ_DICT], None,
         "tasks over time: [dict(steps=, tasks=[...] | datasets=[...], replay=0.0 | "
         "allocation='equal' | {task: iterations})]"),
@@ -146,6 +150,8 @@ SCHEMA: Tuple[Any, ...] = (
     Key("init_from.step", Optional[_I], None, "checkpoint step (None: the latest intact)"),
     Key("init_from.load", _S, ".*", "regex of the parameters to copy"),
     Key("init_from.skip", Optional[_S], None, "regex of parameters not to copy"),
+    Key("init_from.heads", Optional[dict], None,
+        "{target task: source task}: copy that task's row of the source's stacked heads"),
     # ---- seeds, devices, logging
     Key("seed", _I, 0, "init and data-order seed"),
     Key("num_seeds", _I, 1, "N replicas (seeds seed..seed+N-1) in one vmapped program"),
@@ -168,6 +174,27 @@ SCHEMA: Tuple[Any, ...] = (
     Key("delta_m.metrics", Optional[dict], None,
         "{task: [metric, ...]} (None: each task's reported metrics but loss)"),
     Key("delta_m.average", _S, "metrics", "metrics (Maninis, Nash-MTL) | tasks (LibMTL)"),
+    # ---- pipelines (mtl_jax/pipelines/, docs/pipelines.md)
+    Key("pipeline", Optional[dict], None,
+        "run several stages instead of one training run: dict(name=, **its options)"),
+    Key("pipeline.name", _S, MANDATORY, "mtdnn"),
+    Key("pipeline.tasks", Sequence[_S], MANDATORY,
+        "(mtdnn) GLUE tasks: cola sst2 mrpc qqp stsb mnli qnli rte wnli"),
+    Key("pipeline.encoder", _S, "", "(mtdnn) Hugging Face BERT directory ('': MiniLM)"),
+    Key("pipeline.pooling", _S, "cls", "(mtdnn) encoder pooling for the heads"),
+    Key("pipeline.max_length", _I, 128, "(mtdnn) tokens per (pair) sequence"),
+    Key("pipeline.holdout", _F, 0.0,
+        "(mtdnn) fraction of train held out for choices; dev is always the reported split"),
+    Key("pipeline.max_examples", Optional[_I], None, "(mtdnn) first N train/dev examples"),
+    Key("pipeline.finetune", Optional[Sequence[_S]], None,
+        "(mtdnn) tasks fine-tuned in stage 3 (None: all)"),
+    Key("pipeline.single_task", _B, False,
+        "(mtdnn) also fine-tune the encoder on each task alone (baseline)"),
+    Key("pipeline.stage2", dict, {}, "(mtdnn) config overrides for the multi-task stage"),
+    Key("pipeline.stage3", dict, {},
+        "(mtdnn) config overrides for per-task fine-tuning (and single_task)"),
+    Key("glue_dir", Optional[_S], None,
+        "GLUE folder <dir>/<TASK>/{train,dev,test}.tsv (pipeline mtdnn)"),
 )
 
 BY_PATH: Dict[str, Any] = {e.path: e for e in SCHEMA}

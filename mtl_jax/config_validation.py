@@ -150,6 +150,9 @@ def validate_config(config) -> None:
          "None or dict(workdir=PATH, step=None, load='.*', skip=None)")
   for key in ("transfer", "weighting"):
     _check(key, _to_dict(get(key)), lambda v: v is None or isinstance(v, dict), "None or a dict")
+  if get("glue_dir") or get("pipeline"):  # a pipeline builds its stages' configs without them
+    raise ConfigError("config.glue_dir and config.pipeline are read by a pipeline "
+                      "(mtl_jax/pipelines/, through main.py), not by one training run")
   optim.check_options(config.optimizer)
   _check_model(config.model)
   if config.get("data") is not None:
