@@ -115,6 +115,28 @@ def test_whole_word_masking_selects_whole_words(synthetic):
   assert checked > 20  # multi-token words were selected, whole
 
 
+def test_units_are_selected_whole(synthetic):
+  """Caller-defined units (ERNIE's phrases): spans of 3 positions, position 1 excluded."""
+  ids, att, _ = synthetic
+  units = np.broadcast_to(np.arange(ids.shape[1]) // 3, ids.shape).copy()
+  units[:, 1] = -1
+  out = mlm_masking.mask_sequences(ids, att, SPECIAL, 4, V, seed=2, max_predictions=6,
+                                   units=units)
+  cand = (att > 0) & ~np.isin(ids, SPECIAL)
+  whole = 0
+  for r in range(500):
+    chosen = set(out["positions"][r][out["weights"][r]].tolist())
+    assert 1 not in chosen
+    for g in mlm_masking.unit_groups(units[r], cand[r]):
+      inside = [i in chosen for i in g]
+      assert all(inside) or not any(inside)
+      whole += len(g) == 3 and all(inside)
+  assert whole > 50
+  with pytest.raises(ValueError, match="not both"):
+    mlm_masking.mask_sequences(ids, att, SPECIAL, 4, V, 0, whole_word=True,
+                               continuation=np.zeros(V, bool), units=units)
+
+
 def test_text_corpus_dataset(splits, hf_dir):
   train_split, val = splits.train, splits.validation
   n_val = len(val)
