@@ -137,7 +137,7 @@ def test_units_are_selected_whole(synthetic):
                                continuation=np.zeros(V, bool), units=units)
 
 
-def test_text_corpus_dataset(splits, hf_dir):
+def test_text_corpus_dataset(splits, hf_dir, corpus):
   train_split, val = splits.train, splits.validation
   n_val = len(val)
   assert len(train_split) % 2 == 0 and n_val > 0 and len(splits.test) > 0
@@ -151,6 +151,14 @@ def test_text_corpus_dataset(splits, hf_dir):
   assert np.mean(ids[w] == 4) > 0.6  # mostly [MASK]
   specs = specs_from_config([dict(name="mlm", kind="masked_lm", num_outputs=V)])
   validate_labels(specs[0], val.labels["mlm"], val.mask["mlm"], val.inputs)
+  kw = dict(name="text_corpus", path=corpus, tokenizer=hf_dir, max_length=16, max_predictions=4,
+            whole_word=True, dupe_factor=2)
+  again = build_dataset(dict(kw, seed=0))
+  assert np.array_equal(again.train.inputs["input_ids"], x["input_ids"])  # deterministic
+  assert not np.array_equal(build_dataset(dict(kw, seed=1)).validation.inputs["input_ids"],
+                            val.inputs["input_ids"])
+  with pytest.raises(ValueError, match="validation > 0"):
+    build_dataset(dict(kw, fractions=(0.9, 0.0, 0.1)))
 
 
 @pytest.fixture(scope="module")
