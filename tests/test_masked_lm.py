@@ -276,6 +276,13 @@ def test_cls_predictions_load_and_round_trip(model, tmp_path, hf_dir):
   assert set(loaded["heads"]) == {"masked_lm_%d" % V}
   assert all(np.array_equal(loaded["heads"]["masked_lm_%d" % V][k], head[k]) for k in head)
   assert "heads" not in hf_bert.load_trunk_params(hf_dir)  # no cls.* in that checkpoint
+  # config.init_from = dict(workdir=<dir>, load="trunk/.*|heads/masked_lm_.*") takes the head.
+  from mtl_jax import partial_load
+  fresh = jax.tree.map(np.zeros_like, params)
+  merged, report = partial_load.merge_params(fresh, partial_load.load_checkpoint_params(d),
+                                             load="trunk/.*|heads/masked_lm_.*")
+  assert not report["fresh"]
+  assert all(np.array_equal(merged["heads"]["masked_lm_%d" % V][k], head[k]) for k in head)
   untied = dict(tensors, **{"cls.predictions.decoder.weight":
                             tensors["embeddings.word_embeddings.weight"] + 1})
   with pytest.raises(hf_bert.CheckpointLoadError, match="untied"):
