@@ -315,6 +315,8 @@ def test_errors(model, hf_dir, splits):
         jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="only sharing='hard'"):
     build_model(dict(sharing="single_task", trunk=trunk), groups).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="no place"):
+    build_model(dict(sharing="pooled", trunk=trunk), groups).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="has none"):
     build_model(dict(sharing="hard", trunk=dict(name="mlp", features=(8,))), groups).init(
         jax.random.PRNGKey(0), np.zeros((2, 3), np.float32))
