@@ -23,10 +23,12 @@ it loads MiniLM itself: the no-adaptation baseline to compare with. ``mlm_head_o
 
 Measured (2-core CPU VM shared with other jobs; embedded corpus: 79 pydoc
 topics, 124k WordPiece tokens, 7 held-out topics = 266 validation sequences
-of 64; fresh MLM head, seed 0; ~4 min each):
+of 64; fresh MLM head, seed 0; 100 steps ~4 min, 300 steps 3-9 min):
 | run (runlocal: batch 8 x 64 tokens, 100 steps, AdamW 1e-4) | val acc | val ppl |
 | mlm_head_only,runlocal (encoder frozen)                    | 0.050   | 970.0   |
 | mlm,runlocal (encoder adapted)                             | 0.111   | 325.8   |
+| mlm_head_only,runlocal --config.num_train_steps=300        | 0.052   | 604.5   |
+| mlm,runlocal --config.num_train_steps=300                  | 0.178   | 153.6   |
 Neither is converged (the full stage is 1,000 steps of 32 x 128). Stage 2
 needs GLUE-format data, which is not shipped here: no downstream number was
 measured; tests/test_mlm_end_to_end.py runs it on generated files.

@@ -319,6 +319,28 @@ def pack_documents(corpus: Corpus, documents: Sequence[int], max_length: int
 
 # --- the masked-LM dataset --------------------------------------------------------------
 
+def masked_lm_split(corpus: Corpus, documents: Sequence[int], max_length: int, seed,
+                    task_name: str = "mlm", copies: int = 1, **masking) -> ArrayDataset:
+  """Documents of ``corpus`` as one masked-LM split: packed (``pack_documents``), then
+  ``copies`` differently masked copies (``mlm_masking.mask_sequences`` with ``masking``
+  options, seeds ``[*seed, copy]``). Inputs: ``input_ids`` (masked), ``attention_mask``,
+  ``token_type_ids``, ``masked_lm_positions`` [N, K]; labels/mask ``task_name`` [N, K]."""
+  from mtl_jax.data import mlm_masking
+  packed = pack_documents(corpus, documents, max_length)
+  seed = list(np.atleast_1d(seed))
+  chunks = [mlm_masking.mask_sequences(
+      packed["input_ids"], packed["attention_mask"], corpus.special_ids(),
+      corpus.special["[MASK]"], corpus.vocab_size, seed=seed + [c],
+      continuation=corpus.continuation, **masking) for c in range(copies)]
+  masked = {k: np.concatenate([c[k] for c in chunks])
+            for k in ("input_ids", "positions", "targets", "weights")}
+  inputs = {"input_ids": masked["input_ids"],
+            "attention_mask": np.tile(packed["attention_mask"], (copies, 1)),
+            "token_type_ids": np.tile(packed["token_type_ids"], (copies, 1)),
+            mlm_masking.POSITIONS: masked["positions"]}
+  return ArrayDataset(inputs, {task_name: masked["targets"]}, {task_name: masked["weights"]})
+
+
 @DATASETS.register("text_corpus")
 def text_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
                 max_length: int = 128, task_name: str = "mlm", mask_rate: float = 0.15,
@@ -329,38 +351,21 @@ def text_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
                 ) -> DataSplits:
   """A corpus as a masked-LM task ``task_name`` (kind ``masked_lm``, num_outputs = vocab).
 
-  Documents are split by ``fractions`` (train, validation, test; seeded),
-  packed into ``max_length`` sequences and masked by mlm_masking (BERT's
+  Documents are split by ``fractions`` (train, validation, test; seeded; test may be
+  0), packed into ``max_length`` sequences and masked by mlm_masking (BERT's
   15% / 80-10-10, ``whole_word`` optional). Train holds ``dupe_factor``
   differently-masked copies; validation and test are masked once, so their
-  metrics compare across runs. Inputs: ``input_ids`` (masked),
-  ``attention_mask``, ``token_type_ids``, ``masked_lm_positions`` [N, K].
+  metrics compare across runs (``masked_lm_split``).
   """
-  from mtl_jax.data import mlm_masking
   if dupe_factor < 1:
     raise ValueError(f"text_corpus: dupe_factor must be >= 1, got {dupe_factor}")
+  if len(fractions) != 3 or not (fractions[0] > 0 and fractions[1] > 0):
+    raise ValueError(f"text_corpus: fractions are (train, validation, test) with train and "
+                     f"validation > 0, got {tuple(fractions)}")
   corpus = load_corpus(path, tokenizer, doc_split, sentences, max_documents, cache_dir)
-  if len(fractions) != 3:
-    raise ValueError(f"text_corpus: fractions are (train, validation, test), got {fractions}")
   parts = split_documents(corpus.num_documents, fractions, seed)
-  sp = corpus.special
-  splits = []
-  for i, docs in enumerate(parts):
-    if not len(docs):
-      splits.append(None)
-      continue
-    packed = pack_documents(corpus, docs, max_length)
-    copies = dupe_factor if i == 0 else 1
-    chunks = [mlm_masking.mask_sequences(
-        packed["input_ids"], packed["attention_mask"], corpus.special_ids(), sp["[MASK]"],
-        corpus.vocab_size, seed=[seed, i, c], rate=mask_rate, max_predictions=max_predictions,
-        whole_word=whole_word, continuation=corpus.continuation) for c in range(copies)]
-    masked = {k: np.concatenate([c[k] for c in chunks])
-              for k in ("input_ids", "positions", "targets", "weights")}
-    inputs = {"input_ids": masked["input_ids"],
-              "attention_mask": np.tile(packed["attention_mask"], (copies, 1)),
-              "token_type_ids": np.tile(packed["token_type_ids"], (copies, 1)),
-              mlm_masking.POSITIONS: masked["positions"]}
-    splits.append(ArrayDataset(inputs, {task_name: masked["targets"]},
-                               {task_name: masked["weights"]}))
-  return DataSplits(splits[0], splits[1], splits[2])
+  masking = dict(rate=mask_rate, max_predictions=max_predictions, whole_word=whole_word)
+  splits = [masked_lm_split(corpus, docs, max_length, [seed, i], task_name,
+                            dupe_factor if i == 0 else 1, **masking) if len(docs) else None
+            for i, docs in enumerate(parts)]
+  return DataSplits(*splits)
