@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 
 
-def _write_mnist1d(d):
+def _write_mnist1d(d, limit=None):
   from mtl_jax.data import build_dataset, streaming
   data = build_dataset({"name": "mnist1d", "hide_rate": 0.3})
   out = {}
@@ -37,15 +37,16 @@ def _write_mnist1d(d):
     ds = getattr(data, split)
     out[split] = os.path.join(d, f"m1d_{split}.array_record")
     streaming.write_array_record(out[split], (
-        jax.tree.map(lambda x: x[0], ds.take(np.array([i]))) for i in range(len(ds))))
+        jax.tree.map(lambda x: x[0], ds.take(np.array([i])))
+        for i in range(min(len(ds), limit or len(ds)))))
   return dict(decoder="npz", **out)
 
 
-def _write_images(d, n=4096):
+def _write_images(d, limit=None):
   from mtl_jax.data import streaming
   rng = np.random.default_rng(0)
   out = {}
-  for split, m in (("train", n), ("validation", 256)):
+  for split, m in (("train", min(4096, limit or 4096)), ("validation", 256)):
     out[split] = os.path.join(d, f"img_{split}.array_record")
     streaming.write_array_record(out[split], (
         {"inputs": rng.integers(0, 256, (28, 28)).astype(np.uint8),
@@ -109,13 +110,17 @@ def main():
   ap.add_argument("--steps", type=int, default=40)
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+  ap.add_argument("--max-examples", type=int, default=None,
+                  help="examples written per split (default: all; caps a smoke run)")
   args = ap.parse_args()
   result = {"benchmark": "input_throughput", "env": common.environment(),
-            "batch_size": args.batch, "steps": args.steps}
+            "batch_size": args.batch, "steps": args.steps, "max_examples": args.max_examples}
   with tempfile.TemporaryDirectory() as d:
-    result["mnist1d"] = measure("mnist1d", _write_mnist1d(d), args.batch, args.steps,
+    limit = args.max_examples
+    result["mnist1d"] = measure("mnist1d", _write_mnist1d(d, limit), args.batch, args.steps,
                                 args.workers)
-    result["image"] = measure("image", _write_images(d), args.batch, args.steps, args.workers)
+    result["image"] = measure("image", _write_images(d, limit), args.batch, args.steps,
+                              args.workers)
   common.emit(result)
 
 

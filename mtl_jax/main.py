@@ -11,6 +11,7 @@ pass --coordinator_address/--num_processes/--process_id to every process (or
 the MTL_JAX_* environment variables; see mtl_jax/parallel.py).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -62,12 +63,20 @@ def main(argv):
   if FLAGS.print_config:
     print(config_cli.to_json(config))
     return
-  if not FLAGS.workdir:
+  workdir = FLAGS.workdir
+  if not workdir and config.get("pipeline"):  # a pipeline's stages live under one folder
+    workdir = os.path.join("workdirs", str(dict(config.pipeline).get("name", "pipeline")))
+    print(f"--workdir not given: the pipeline runs in {os.path.abspath(workdir)}", flush=True)
+  if not workdir:
     raise app.UsageError("--workdir is required (unless --print_config)")
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    if config.get("pipeline"):  # several stages, each its own run (mtl_jax/pipelines/)
+      from mtl_jax import pipelines
+      pipelines.run(config, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
   except ConfigError as e:  # checked up front (config_validation), so nothing has trained
     _config_error(e)
   except train.TrainingPreempted as e:

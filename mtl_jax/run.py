@@ -95,7 +95,7 @@ def build_program(config, sample_inputs, mesh=None, params=None, load_pretrained
     state_rng = replicas.vmap(lambda k: jax.random.split(k)[1])(replicas.keys())
   if cfg("init_from") and load_pretrained:
     params = put_params(partial_load.apply_init_from(cfg("init_from"), params, replicas,
-                                                     verbose))
+                                                     verbose, groups))
   one_replica = replicas.first(params)
   tx, labels, group_log = optim.make_optimizer(config.optimizer, cfg("param_groups"),
                                                one_replica, int(config.num_train_steps))

@@ -133,13 +133,13 @@ def test_bad_overrides_name_the_key(flag, match):
 
 def test_a_key_the_file_sets_outside_the_schema_keeps_its_type():
   base = config_cli.load_config(QUICKSTART)
-  base.glue_dir, base.optimizer.beta = "/data", 0.5  # e.g. keys a fork's feature reads
-  _, ov = config_cli.split_argv(["prog", "--config.glue_dir=/other", "--config.optimizer.beta=1"])
+  base.fork_dir, base.optimizer.beta = "/data", 0.5  # e.g. keys a fork's feature reads
+  _, ov = config_cli.split_argv(["prog", "--config.fork_dir=/other", "--config.optimizer.beta=1"])
   c = config_cli.resolve(base, ov)
-  assert c.glue_dir == "/other" and c.optimizer.beta == 1.0
+  assert c.fork_dir == "/other" and c.optimizer.beta == 1.0
   with pytest.raises(ConfigError, match="config.optimizer.beta = 'x': must be a float"):
     config_cli.resolve(base, config_cli.split_argv(["prog", "--config.optimizer.beta=x"])[1])
-  with pytest.raises(ConfigError, match="unknown config keys \\['glue_dir'\\]"):
+  with pytest.raises(ConfigError, match="unknown config keys \\['fork_dir'\\]"):
     config_validation.check_config_keys(c)  # validity stays the checks' decision
 
 

@@ -20,6 +20,16 @@ def test_config_is_valid(name):
   module = importlib.import_module(f"configs.{name}")
   assert module.__doc__ and "python -m mtl_jax.main" in module.__doc__, "docstring must give the command"
   c = module.get_config()
+  if c.get("pipeline"):  # several stages (mtl_jax/pipelines/): check every stage's config
+    from mtl_jax.pipelines import mtdnn
+    c.glue_dir = "/some/glue"
+    for stage in mtdnn.stage_configs(c, "/some/workdir").values():
+      _check_training_config(stage)
+    return
+  _check_training_config(c)
+
+
+def _check_training_config(c):
   config_validation.check_config_keys(c)
   tasks.specs_from_config(c.tasks)
   for d in c.get("datasets") or [c.data]:  # several datasets (docs/datasets.md) or one

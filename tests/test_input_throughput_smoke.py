@@ -6,7 +6,8 @@ from conftest import run_benchmark
 
 
 def test_input_throughput_json():
-  out = run_benchmark("input_throughput.py", "--steps", "2", "--workers", "0", "--batch", "32")
+  out = run_benchmark("input_throughput.py", "--steps", "2", "--workers", "0", "--batch", "32",
+                      "--max-examples", "512")
   for config in ("mnist1d", "image"):
     assert set(out[config]) == {"in_memory", "workers_0"}
     for row in out[config].values():

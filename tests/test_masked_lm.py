@@ -115,7 +115,29 @@ def test_whole_word_masking_selects_whole_words(synthetic):
   assert checked > 20  # multi-token words were selected, whole
 
 
-def test_text_corpus_dataset(splits, hf_dir):
+def test_units_are_selected_whole(synthetic):
+  """Caller-defined units (ERNIE's phrases): spans of 3 positions, position 1 excluded."""
+  ids, att, _ = synthetic
+  units = np.broadcast_to(np.arange(ids.shape[1]) // 3, ids.shape).copy()
+  units[:, 1] = -1
+  out = mlm_masking.mask_sequences(ids, att, SPECIAL, 4, V, seed=2, max_predictions=6,
+                                   units=units)
+  cand = (att > 0) & ~np.isin(ids, SPECIAL)
+  whole = 0
+  for r in range(500):
+    chosen = set(out["positions"][r][out["weights"][r]].tolist())
+    assert 1 not in chosen
+    for g in mlm_masking.unit_groups(units[r], cand[r]):
+      inside = [i in chosen for i in g]
+      assert all(inside) or not any(inside)
+      whole += len(g) == 3 and all(inside)
+  assert whole > 50
+  with pytest.raises(ValueError, match="not both"):
+    mlm_masking.mask_sequences(ids, att, SPECIAL, 4, V, 0, whole_word=True,
+                               continuation=np.zeros(V, bool), units=units)
+
+
+def test_text_corpus_dataset(splits, hf_dir, corpus):
   train_split, val = splits.train, splits.validation
   n_val = len(val)
   assert len(train_split) % 2 == 0 and n_val > 0 and len(splits.test) > 0
@@ -129,6 +151,14 @@ def test_text_corpus_dataset(splits, hf_dir):
   assert np.mean(ids[w] == 4) > 0.6  # mostly [MASK]
   specs = specs_from_config([dict(name="mlm", kind="masked_lm", num_outputs=V)])
   validate_labels(specs[0], val.labels["mlm"], val.mask["mlm"], val.inputs)
+  kw = dict(name="text_corpus", path=corpus, tokenizer=hf_dir, max_length=16, max_predictions=4,
+            whole_word=True, dupe_factor=2)
+  again = build_dataset(dict(kw, seed=0))
+  assert np.array_equal(again.train.inputs["input_ids"], x["input_ids"])  # deterministic
+  assert not np.array_equal(build_dataset(dict(kw, seed=1)).validation.inputs["input_ids"],
+                            val.inputs["input_ids"])
+  with pytest.raises(ValueError, match="validation > 0"):
+    build_dataset(dict(kw, fractions=(0.9, 0.0, 0.1)))
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +276,13 @@ def test_cls_predictions_load_and_round_trip(model, tmp_path, hf_dir):
   assert set(loaded["heads"]) == {"masked_lm_%d" % V}
   assert all(np.array_equal(loaded["heads"]["masked_lm_%d" % V][k], head[k]) for k in head)
   assert "heads" not in hf_bert.load_trunk_params(hf_dir)  # no cls.* in that checkpoint
+  # config.init_from = dict(workdir=<dir>, load="trunk/.*|heads/masked_lm_.*") takes the head.
+  from mtl_jax import partial_load
+  fresh = jax.tree.map(np.zeros_like, params)
+  merged, report = partial_load.merge_params(fresh, partial_load.load_checkpoint_params(d),
+                                             load="trunk/.*|heads/masked_lm_.*")
+  assert not report["fresh"]
+  assert all(np.array_equal(merged["heads"]["masked_lm_%d" % V][k], head[k]) for k in head)
   untied = dict(tensors, **{"cls.predictions.decoder.weight":
                             tensors["embeddings.word_embeddings.weight"] + 1})
   with pytest.raises(hf_bert.CheckpointLoadError, match="untied"):
@@ -278,6 +315,8 @@ def test_errors(model, hf_dir, splits):
         jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="only sharing='hard'"):
     build_model(dict(sharing="single_task", trunk=trunk), groups).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="no place"):
+    build_model(dict(sharing="pooled", trunk=trunk), groups).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="has none"):
     build_model(dict(sharing="hard", trunk=dict(name="mlp", features=(8,))), groups).init(
         jax.random.PRNGKey(0), np.zeros((2, 3), np.float32))
@@ -286,3 +325,16 @@ def test_errors(model, hf_dir, splits):
   with pytest.raises(ValueError, match="continuation"):
     mlm_masking.mask_sequences(x["input_ids"], x["attention_mask"], SPECIAL, 4, V, 0,
                                whole_word=True)
+
+
+def test_per_task_feature_copies_give_the_same_logits(model):
+  """The representation-gradient path (MGDA-UB: per-task copies of the features through
+  ColumnHeads) runs the masked_lm head on [T, B, L, D] features, with the same result."""
+  from mtl_jax.models.sharing import variables, zero_perturbations
+  m, _, _, params, batch = model
+  x = batch["inputs"]
+  z = zero_perturbations(m, x, params, num_tasks=1)
+  assert "task_features" in z
+  plain = np.asarray(m.apply({"params": params}, x)["masked_lm_%d" % V])
+  copies = np.asarray(m.apply(variables(params, z), x)["masked_lm_%d" % V])
+  np.testing.assert_allclose(copies, plain, atol=1e-6)

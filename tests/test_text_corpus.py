@@ -117,3 +117,22 @@ def test_embedded_corpus_loads(tok_dir):
   assert c.names == tuple(sorted(topics.topics))[:5]
   assert c.num_sentences > 5 * 3 and c.num_tokens > 100
   assert tc.load_corpus(None, tok_dir, max_documents=5).fingerprint == c.fingerprint
+
+
+def test_cache_returns_the_same_corpus_and_tracks_the_text(tmp_path, corpus_file, tok_dir):
+  cache = str(tmp_path / "cache")
+  fresh = tc.load_corpus(corpus_file, tok_dir, cache_dir=cache)
+  files = os.listdir(cache)
+  assert files == [f"corpus_{fresh.fingerprint}.npz"]
+  hit = tc.load_corpus(corpus_file, tok_dir, cache_dir=cache)
+  for field in ("ids", "sentence_starts", "document_starts", "continuation"):
+    assert np.array_equal(getattr(hit, field), getattr(fresh, field)), field
+  assert hit.names == fresh.names and hit.special == fresh.special
+  path = os.path.join(cache, files[0])  # a hit reads the file, not the text
+  np.savez(path, ids=fresh.ids + 1, sentence_starts=fresh.sentence_starts,
+           document_starts=fresh.document_starts, names=np.array(fresh.names))
+  assert np.array_equal(tc.load_corpus(corpus_file, tok_dir, cache_dir=cache).ids, fresh.ids + 1)
+  edited = tmp_path / "edited.txt"
+  edited.write_text(open(corpus_file).read() + "\n\nA new document.")
+  assert tc.load_corpus(str(edited), tok_dir, cache_dir=cache).num_documents == 4
+  assert len(os.listdir(cache)) == 2

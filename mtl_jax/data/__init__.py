@@ -13,5 +13,6 @@ from mtl_jax.data import glue  # noqa: F401
 from mtl_jax.data import glue_tfds  # noqa: F401
 from mtl_jax.data import celeb_a  # noqa: F401
 from mtl_jax.data import streaming  # noqa: F401
+from mtl_jax.data import dense_shapes, npy_folders  # noqa: F401  (dense tasks)
 from mtl_jax.data import text_corpus  # noqa: F401  (text_corpus: masked-LM over plain text)
 from mtl_jax.data import ernie_tasks  # noqa: F401  (ernie: ERNIE 2.0 pretraining tasks)

@@ -42,7 +42,7 @@ RESERVED = ("name", "tasks", "weight", "alias", "task_id")
 SAMPLINGS = ("proportional", "temperature", "uniform", "weights")
 BATCHES = ("per_dataset", "mixed")
 MIXING_DEFAULTS = dict(sampling="proportional", temperature=2.0, batches="per_dataset",
-                       task_embedding=False)
+                       task_embedding=False, main=None, ratio=None)
 STAGE_KEYS = ("steps", "tasks", "datasets", "replay", "allocation")
 SPLITS = ("train", "validation", "test")
 
@@ -87,7 +87,35 @@ def mixing_options(config) -> Dict[str, Any]:
     raise ValueError(f"config.mixing.batches={opts['batches']!r}; valid: {list(BATCHES)}")
   if opts["sampling"] == "temperature" and not float(opts["temperature"]) > 0:
     raise ValueError(f"config.mixing.temperature must be > 0, got {opts['temperature']}")
+  if (opts["main"] is None) != (opts["ratio"] is None):
+    raise ValueError("config.mixing.main and config.mixing.ratio go together (MT-DNN's main "
+                     f"task against auxiliary ones); got main={opts['main']!r}, "
+                     f"ratio={opts['ratio']!r}")
+  if opts["ratio"] is not None and not float(opts["ratio"]) > 0:
+    raise ValueError(f"config.mixing.ratio must be > 0 (auxiliary batches per main batch), got "
+                     f"{opts['ratio']}")
   return opts
+
+
+def main_ratio_weights(sources: Sequence[Source], opts) -> np.ndarray:
+  """MT-DNN's ``extra_task_ratio``: per epoch of the main dataset, ``ratio`` x as many batches
+  of the auxiliary datasets (at most all of them), drawn among those by ``opts["sampling"]``.
+
+  As probabilities: main 1 / (1 + r), auxiliaries r / (1 + r) split by their own weights,
+  with r = min(ratio, auxiliary examples / main examples).
+  """
+  aliases = [s.alias for s in sources]
+  if opts["main"] not in aliases:
+    raise ValueError(f"config.mixing.main={opts['main']!r} is not a dataset alias; datasets: "
+                     f"{aliases}")
+  if len(sources) < 2:
+    raise ValueError("config.mixing.main/ratio needs auxiliary datasets besides the main one")
+  m = aliases.index(opts["main"])
+  aux = [s for i, s in enumerate(sources) if i != m]
+  sizes = np.array([len(s.splits["train"]) for s in sources], np.float64)
+  r = min(float(opts["ratio"]), (sizes.sum() - sizes[m]) / sizes[m])
+  p_aux = mixture_weights(aux, opts, "the auxiliary datasets") * r / (1.0 + r)
+  return np.insert(p_aux, m, 1.0 / (1.0 + r))
 
 
 def _entries(config, task_names: Sequence[str]) -> List[dict]:
@@ -358,9 +386,13 @@ def build_phases(config, sources: Sequence[Source], specs) -> List[Phase]:
   names = [s.name for s in specs]
   num_steps = int(config.num_train_steps)
   if not config.get("stages"):
-    probs = mixture_weights(sources, opts)
+    probs = (main_ratio_weights(sources, opts) if opts["main"] is not None
+             else mixture_weights(sources, opts))
     streams = [(i, np.array([t in s.tasks for t in names])) for i, s in enumerate(sources)]
     return [Phase(0, num_steps, streams, probs, "all")]
+  if opts["main"] is not None:
+    raise ValueError("config.mixing.main/ratio sets one mixture for the whole run; it does not "
+                     "combine with config.stages")
   phases, earlier, start = [], [], 0
   aliases = [s.alias for s in sources]
   for j, stage in enumerate(config.stages):

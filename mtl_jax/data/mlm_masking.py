@@ -39,11 +39,25 @@ def word_groups(ids: np.ndarray, candidate: np.ndarray, continuation: np.ndarray
   return groups
 
 
+def unit_groups(units: np.ndarray, candidate: np.ndarray):
+  """Candidate positions grouped by ``units`` (one int per position; equal ids form one
+  unit, e.g. a phrase or an entity; a negative id makes a position not selectable)."""
+  groups = {}
+  for i in np.flatnonzero(candidate & (units >= 0)):
+    groups.setdefault(int(units[i]), []).append(int(i))
+  return list(groups.values())
+
+
 def mask_sequences(input_ids: np.ndarray, attention_mask: np.ndarray, special_ids: Sequence[int],
                    mask_id: int, vocab_size: int, seed, rate: float = 0.15,
                    max_predictions: int = 20, whole_word: bool = False,
-                   continuation: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                   continuation: Optional[np.ndarray] = None,
+                   units: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
   """Masks each row of ``input_ids`` [N, L]; see the module docstring.
+
+  ``units`` int [N, L] replaces words by caller-defined units that are
+  selected whole (ERNIE's phrase / entity masking): positions of a row with
+  the same id form one unit; a negative id is never selected.
 
   Returns ``input_ids`` (corrupted copy), ``positions`` int32 [N, K] (sorted;
   0 where unused), ``targets`` int32 [N, K] (the original ids), ``weights``
@@ -57,6 +71,11 @@ def mask_sequences(input_ids: np.ndarray, attention_mask: np.ndarray, special_id
     raise ValueError(f"masked_lm: max_predictions must be >= 1, got {max_predictions}")
   if whole_word and continuation is None:
     raise ValueError("masked_lm: whole_word masking needs the tokenizer's continuation table")
+  if whole_word and units is not None:
+    raise ValueError("masked_lm: give whole_word or units, not both")
+  if units is not None and np.shape(units) != np.shape(input_ids):
+    raise ValueError(f"masked_lm: units has shape {np.shape(units)}, input_ids "
+                     f"{np.shape(input_ids)}")
   input_ids = np.asarray(input_ids, np.int32)
   n, length = input_ids.shape
   special = np.zeros(vocab_size, bool)
@@ -78,7 +97,9 @@ def mask_sequences(input_ids: np.ndarray, attention_mask: np.ndarray, special_id
     if not num:
       continue
     want = min(k, max(1, int(round(num * rate))))
-    if whole_word:
+    if units is not None:
+      groups = unit_groups(np.asarray(units[r]), cand)
+    elif whole_word:
       groups = word_groups(input_ids[r], cand, continuation)
     else:
       groups = [[i] for i in np.flatnonzero(cand)]

@@ -42,7 +42,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _RULE_LINE = re.compile(r"^\s*([*=\-~^#_+])\1{2,}\s*$")  # reST underlines: ******, =====
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Corpus:
   """Token ids of every sentence of every document, in flat arrays.
 
@@ -185,9 +185,13 @@ def fingerprint(docs: Sequence[Tuple[str, str]], tokenizer_fp: str, options: str
 
 def load_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
                 doc_split: str = "blank_lines", sentences: str = "punct",
-                max_documents: Optional[int] = None) -> Corpus:
+                max_documents: Optional[int] = None, cache_dir: Optional[str] = None) -> Corpus:
   """Reads and tokenizes a corpus (module docstring); ``tokenizer`` is a directory with
-  tokenizer.json (default: the MiniLM checkpoint's). Empty corpora are an error."""
+  tokenizer.json (default: the MiniLM checkpoint's). Empty corpora are an error.
+
+  ``cache_dir``: the token ids are saved there as ``corpus_<fingerprint>.npz`` and read
+  back while the fingerprint (text, tokenizer, options) is unchanged.
+  """
   from mtl_jax.pretrained import hf_bert
   tokenizer = tokenizer or _default_tokenizer()
   tok = hf_bert.load_tokenizer(tokenizer)
@@ -198,6 +202,16 @@ def load_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
   if max_documents is not None:
     docs = docs[:max_documents]
   source = EMBEDDED if path is None else path
+  options = f"doc_split={doc_split}|sentences={sentences}|max_documents={max_documents}"
+  fp = fingerprint(docs, hf_bert.tokenizer_fingerprint(tokenizer), options)
+  cached = os.path.join(cache_dir, f"corpus_{fp}.npz") if cache_dir else None
+  extra = dict(special=special, vocab_size=tok.get_vocab_size(with_added_tokens=True),
+               continuation=continuation_table(tok), fingerprint=fp)
+  if cached and os.path.isfile(cached):
+    with np.load(cached) as z:
+      return Corpus(ids=z["ids"], sentence_starts=z["sentence_starts"],
+                    document_starts=z["document_starts"], names=tuple(z["names"].tolist()),
+                    **extra)
   names, doc_sentences = [], []
   for name, text in docs:
     sents = split_sentences(text, sentences)
@@ -220,13 +234,16 @@ def load_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
   if not nonempty.any():
     raise ValueError(f"text_corpus: {source} tokenizes to no token")
   document_starts = np.concatenate([[0], np.cumsum(counts[nonempty])])
-  options = f"doc_split={doc_split}|sentences={sentences}|max_documents={max_documents}"
-  return Corpus(ids=ids, sentence_starts=sentence_starts.astype(np.int64),
-                document_starts=document_starts.astype(np.int64),
-                names=tuple(n for n, k in zip(names, nonempty) if k), special=special,
-                vocab_size=tok.get_vocab_size(with_added_tokens=True),
-                continuation=continuation_table(tok),
-                fingerprint=fingerprint(docs, hf_bert.tokenizer_fingerprint(tokenizer), options))
+  corpus = Corpus(ids=ids, sentence_starts=sentence_starts.astype(np.int64),
+                  document_starts=document_starts.astype(np.int64),
+                  names=tuple(n for n, k in zip(names, nonempty) if k), **extra)
+  if cached:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = cached + f".tmp{os.getpid()}.npz"
+    np.savez(tmp, ids=corpus.ids, sentence_starts=corpus.sentence_starts,
+             document_starts=corpus.document_starts, names=np.array(corpus.names))
+    os.replace(tmp, cached)  # atomic: a concurrent reader never sees half a file
+  return corpus
 
 
 # --- splits and sequences -------------------------------------------------------------
@@ -302,47 +319,53 @@ def pack_documents(corpus: Corpus, documents: Sequence[int], max_length: int
 
 # --- the masked-LM dataset --------------------------------------------------------------
 
+def masked_lm_split(corpus: Corpus, documents: Sequence[int], max_length: int, seed,
+                    task_name: str = "mlm", copies: int = 1, **masking) -> ArrayDataset:
+  """Documents of ``corpus`` as one masked-LM split: packed (``pack_documents``), then
+  ``copies`` differently masked copies (``mlm_masking.mask_sequences`` with ``masking``
+  options, seeds ``[*seed, copy]``). Inputs: ``input_ids`` (masked), ``attention_mask``,
+  ``token_type_ids``, ``masked_lm_positions`` [N, K]; labels/mask ``task_name`` [N, K]."""
+  from mtl_jax.data import mlm_masking
+  packed = pack_documents(corpus, documents, max_length)
+  seed = list(np.atleast_1d(seed))
+  chunks = [mlm_masking.mask_sequences(
+      packed["input_ids"], packed["attention_mask"], corpus.special_ids(),
+      corpus.special["[MASK]"], corpus.vocab_size, seed=seed + [c],
+      continuation=corpus.continuation, **masking) for c in range(copies)]
+  masked = {k: np.concatenate([c[k] for c in chunks])
+            for k in ("input_ids", "positions", "targets", "weights")}
+  inputs = {"input_ids": masked["input_ids"],
+            "attention_mask": np.tile(packed["attention_mask"], (copies, 1)),
+            "token_type_ids": np.tile(packed["token_type_ids"], (copies, 1)),
+            mlm_masking.POSITIONS: masked["positions"]}
+  return ArrayDataset(inputs, {task_name: masked["targets"]}, {task_name: masked["weights"]})
+
+
 @DATASETS.register("text_corpus")
 def text_corpus(path: Optional[str] = None, tokenizer: Optional[str] = None,
                 max_length: int = 128, task_name: str = "mlm", mask_rate: float = 0.15,
                 max_predictions: int = 20, whole_word: bool = False, dupe_factor: int = 1,
                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
                 doc_split: str = "blank_lines", sentences: str = "punct",
-                max_documents: Optional[int] = None) -> DataSplits:
+                max_documents: Optional[int] = None, cache_dir: Optional[str] = None
+                ) -> DataSplits:
   """A corpus as a masked-LM task ``task_name`` (kind ``masked_lm``, num_outputs = vocab).
 
-  Documents are split by ``fractions`` (train, validation, test; seeded),
-  packed into ``max_length`` sequences and masked by mlm_masking (BERT's
+  Documents are split by ``fractions`` (train, validation, test; seeded; test may be
+  0), packed into ``max_length`` sequences and masked by mlm_masking (BERT's
   15% / 80-10-10, ``whole_word`` optional). Train holds ``dupe_factor``
   differently-masked copies; validation and test are masked once, so their
-  metrics compare across runs. Inputs: ``input_ids`` (masked),
-  ``attention_mask``, ``token_type_ids``, ``masked_lm_positions`` [N, K].
+  metrics compare across runs (``masked_lm_split``).
   """
-  from mtl_jax.data import mlm_masking
   if dupe_factor < 1:
     raise ValueError(f"text_corpus: dupe_factor must be >= 1, got {dupe_factor}")
-  corpus = load_corpus(path, tokenizer, doc_split, sentences, max_documents)
-  if len(fractions) != 3:
-    raise ValueError(f"text_corpus: fractions are (train, validation, test), got {fractions}")
+  if len(fractions) != 3 or not (fractions[0] > 0 and fractions[1] > 0):
+    raise ValueError(f"text_corpus: fractions are (train, validation, test) with train and "
+                     f"validation > 0, got {tuple(fractions)}")
+  corpus = load_corpus(path, tokenizer, doc_split, sentences, max_documents, cache_dir)
   parts = split_documents(corpus.num_documents, fractions, seed)
-  sp = corpus.special
-  splits = []
-  for i, docs in enumerate(parts):
-    if not len(docs):
-      splits.append(None)
-      continue
-    packed = pack_documents(corpus, docs, max_length)
-    copies = dupe_factor if i == 0 else 1
-    chunks = [mlm_masking.mask_sequences(
-        packed["input_ids"], packed["attention_mask"], corpus.special_ids(), sp["[MASK]"],
-        corpus.vocab_size, seed=[seed, i, c], rate=mask_rate, max_predictions=max_predictions,
-        whole_word=whole_word, continuation=corpus.continuation) for c in range(copies)]
-    masked = {k: np.concatenate([c[k] for c in chunks])
-              for k in ("input_ids", "positions", "targets", "weights")}
-    inputs = {"input_ids": masked["input_ids"],
-              "attention_mask": np.tile(packed["attention_mask"], (copies, 1)),
-              "token_type_ids": np.tile(packed["token_type_ids"], (copies, 1)),
-              mlm_masking.POSITIONS: masked["positions"]}
-    splits.append(ArrayDataset(inputs, {task_name: masked["targets"]},
-                               {task_name: masked["weights"]}))
-  return DataSplits(splits[0], splits[1], splits[2])
+  masking = dict(rate=mask_rate, max_predictions=max_predictions, whole_word=whole_word)
+  splits = [masked_lm_split(corpus, docs, max_length, [seed, i], task_name,
+                            dupe_factor if i == 0 else 1, **masking) if len(docs) else None
+            for i, docs in enumerate(parts)]
+  return DataSplits(*splits)

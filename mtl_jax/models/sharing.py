@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.columns import ColumnHeads, CrossStitchMLP, stacked_trunk, task_order
-from mtl_jax.models.heads import TaskHeads, head_context
+from mtl_jax.models.heads import KIND_HEADS, TaskHeads, head_context
 from mtl_jax.models.trunks import build_trunk, trunk_class
 from mtl_jax.registry import Registry
 from mtl_jax.routing import ROUTES
@@ -163,6 +163,10 @@ class Pooled(HardSharing):
     if self.route_heads:
       raise ValueError("model.route_heads applies to sharing='hard'; 'pooled' has one head per "
                        "task group, which every example needs anyway")
+    own = [g.kind for g in self.groups if g.kind in KIND_HEADS]
+    if own:
+      raise ValueError(f"sharing='pooled' has no place for the {own[0]!r} head (its own, "
+                       "tied to the trunk); use sharing='hard'")
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
     out = {}
     for g in self.groups:

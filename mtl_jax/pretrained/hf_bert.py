@@ -225,9 +225,13 @@ def load_hf_bert(path: str, pooling: str = "cls", dtype: str = "float32",
 def load_trunk_params(path: str) -> Dict[str, dict]:
   """``{"trunk": params}``: the layout ``config.init_from`` (partial_load) reads, plus
   ``{"heads": {"masked_lm_<V>": ...}}`` when the checkpoint holds an MLM head."""
-  _, params, _ = load_hf_bert(path, with_tokenizer=False)
+  _require(path, [CONFIG, WEIGHTS])
+  tensors = read_tensors(path)  # once: the trunk and the head come from the same file
+  pooler = any(n.endswith("pooler.dense.weight") for n in tensors)
+  params, _ = to_params(tensors, trunk_config(read_config(path), pooler=pooler),
+                        source=os.path.join(path, WEIGHTS))
   out = {"trunk": params}
-  head = mlm_head_params(read_tensors(path))
+  head = mlm_head_params(tensors)
   if head is not None:
     out["heads"] = {mlm_head_key(params["embeddings"]["word"]["embedding"].shape[0]): head}
   return out
