@@ -167,7 +167,9 @@ SLOW_FILES = frozenset({
     "test_input_throughput_smoke.py", "test_weighting_vs_torch_smoke.py", "test_multihost.py",
     "test_routing.py", "test_text_benchmarks.py", "test_bert.py", "test_solver_scale_bench.py",
     "test_mixing_benchmark.py", "test_parallel.py", "test_pytree_sharding.py",
-    "test_device_suite_smoke.py",
+    "test_device_suite_smoke.py", "test_dense_train.py", "test_task_embedding.py",
+    "test_ernie_continual_study.py", "test_mlm_end_to_end.py", "test_mlm_benchmark_smoke.py",
+    "test_mlm_parity.py", "test_mtdnn_pipeline.py", "test_mtdnn_study.py",
 })
 
 
