@@ -342,3 +342,24 @@ def test_mtan_has_no_representation_path(mtan):
   with pytest.raises(ValueError, match=r"sharing 'mtan' has no shared representation .* "
                                        r"mode='representation'"):
     jax.eval_shape(lambda p: model.apply(variables(p), X, mutable=["perturbations"]), p)
+
+
+def test_decoder_config_is_validated_and_overridable():
+  from conftest import tiny_config
+  from mtl_jax import config_cli
+  from mtl_jax.config_validation import ConfigError, validate_config
+  c = tiny_config()
+  c.model = dict(sharing="hard", trunk=dict(SEG), decoder=dict(name="aspp", features=16,
+                                                               rates=(1, 2)))
+  validate_config(c)  # an int decoder.features beside the trunk's sequence is fine
+  r = config_cli.resolve(c, [config_cli.Override("model.decoder.features", "8")])
+  assert r.model.decoder.features == 8 and r.model.trunk.features == SEG["features"]
+  with pytest.raises(ConfigError, match=r"model.decoder has no option 'width'|unknown.*width"):
+    config_cli.resolve(c, [config_cli.Override("model.decoder.width", "8")])
+  for bad, match in [(dict(name="aspp", features=(16,)), r"decoder.features = \(16,\)"),
+                     (dict(name="aspp", features=-1), r"decoder.features = -1"),
+                     (dict(name="aspp", rates=(0,)), r"decoder.rates = \(0,\)"),
+                     (dict(features=3), r"config.model.decoder = \{'features': 3\}")]:
+    c.model.decoder = bad
+    with pytest.raises(ConfigError, match=match):
+      validate_config(c)
