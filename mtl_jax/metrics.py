@@ -7,7 +7,7 @@ and which direction is better, belongs to the task's kind (``mtl_jax/kinds/``).
 """
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,28 +47,61 @@ def higher_is_better(metric: str, kind: Optional[str] = None) -> bool:
   return kinds.higher_is_better(metric, kind)
 
 
-def delta_m(values: Dict[str, float], baseline: Dict[str, float],
-            metric_of: Dict[str, str], kind_of: Optional[Dict[str, str]] = None) -> float:
-  """Δm% (Maninis et al. 2019): mean over tasks of the signed relative change vs a baseline.
+def delta_m(values: Dict[str, Union[float, Dict[str, float]]],
+            baseline: Dict[str, Union[float, Dict[str, float]]],
+            metric_of: Dict[str, Union[str, Sequence[str]]],
+            kind_of: Optional[Dict[str, str]] = None, average: str = "metrics") -> float:
+  """Δm% (Maninis et al. 2019): the mean signed relative change vs a baseline, in percent.
 
-  ``values``/``baseline`` map task -> metric value, ``metric_of`` task ->
-  metric name, whose direction (a drop in loss counts as a gain) comes from
-  the task's kind in ``kind_of`` (task -> kind name) or, without it, from the
-  kinds that define the metric. Positive means better than the baseline
-  (usually single-task training).
+  ``metric_of`` maps task -> a metric name or a sequence of them (NYUv2:
+  segmentation miou and pixel_accuracy, depth abs_err and rel_err, five for
+  normals). ``values``/``baseline`` map task -> the value of its one metric,
+  or task -> {metric: value} (a results.json split). The direction of each
+  metric (a drop in error counts as a gain) comes from the task's kind in
+  ``kind_of`` (task -> kind name) or, without it, from the kinds that define
+  the metric. Positive means better than the baseline (usually single-task
+  training), as in Maninis et al. and LibMTL; Nash-MTL, CAGrad and FAMO
+  print the opposite sign (lower is better there).
+
+  ``average="metrics"``: the mean over every (task, metric) term, as Maninis
+  et al. and the Nash-MTL / CAGrad / FAMO NYUv2 tables (9 terms there).
+  ``average="tasks"``: the mean over tasks of each task's mean over its
+  metrics, LibMTL's ``count_improvement``. Equal with one metric per task.
   """
+  if average not in ("metrics", "tasks"):
+    raise ValueError(f"delta_m: average must be 'metrics' or 'tasks', got {average!r}")
   missing = sorted(set(metric_of) - set(values) | set(metric_of) - set(baseline))
   if missing:
     raise KeyError(f"delta_m: no value or baseline for tasks {missing}")
-  terms = []
-  for task, metric in metric_of.items():
-    try:
-      up = higher_is_better(metric, (kind_of or {}).get(task))
-    except KeyError as e:
-      raise KeyError(f"delta_m: task {task!r}: {e.args[0]}") from None
-    sign = 1.0 if up else -1.0
-    if not np.isfinite(baseline[task]) or baseline[task] == 0:
-      raise ValueError(f"delta_m: the baseline {metric} of task {task!r} is {baseline[task]}; "
-                       "a relative change needs a finite, non-zero baseline")
-    terms.append(sign * (values[task] - baseline[task]) / abs(baseline[task]))
-  return 100.0 * float(np.mean(terms))
+  per_task = []
+  for task, names in metric_of.items():
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+      raise ValueError(f"delta_m: task {task!r} names no metric")
+    terms = []
+    for metric in names:
+      try:
+        up = higher_is_better(metric, (kind_of or {}).get(task))
+      except KeyError as e:
+        raise KeyError(f"delta_m: task {task!r}: {e.args[0]}") from None
+      v, b = (_metric_value(d, task, metric, len(names)) for d in (values, baseline))
+      if not np.isfinite(b) or b == 0:
+        raise ValueError(f"delta_m: the baseline {metric} of task {task!r} is {b}; "
+                         "a relative change needs a finite, non-zero baseline")
+      terms.append((1.0 if up else -1.0) * (v - b) / abs(b))
+    per_task.append(terms)
+  if average == "tasks":
+    return 100.0 * float(np.mean([np.mean(t) for t in per_task]))
+  return 100.0 * float(np.mean([x for t in per_task for x in t]))
+
+
+def _metric_value(table, task: str, metric: str, num_metrics: int) -> float:
+  entry = table[task]
+  if isinstance(entry, dict):
+    if metric not in entry:
+      raise KeyError(f"delta_m: task {task!r} has no {metric!r}; it has {sorted(entry)}")
+    return float(entry[metric])
+  if num_metrics > 1:
+    raise ValueError(f"delta_m: task {task!r} has {num_metrics} metrics but one value; "
+                     "pass {metric: value}")
+  return float(entry)

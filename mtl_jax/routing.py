@@ -32,7 +32,7 @@ ROUTES = "routes"  # the variable collection that carries {group key: [B] task i
 def check_groups(groups: Sequence[TaskGroup]) -> None:
   """Routing gathers one head output per example: positional kinds have one per position."""
   for g in groups:
-    if kinds.get(g.kind).position_axes:
+    if kinds.get(g.kind).output_axes:
       raise ValueError(f"model.route_heads: tasks {list(g.names)} are of kind {g.kind!r}, whose "
                        "outputs have a position axis; routing supports per-example kinds only")
 

@@ -107,7 +107,8 @@ def validate_labels(spec: TaskSpec, labels: np.ndarray, mask: np.ndarray, inputs
     raise LabelError(f"task {spec.name!r} ({spec.kind}): mask must have shape {want}, "
                      f"got {mask.shape}")
   expected = mask.shape + spec.label_shape[kind.position_axes:]
-  if labels.shape != expected:
+  if len(labels.shape) != len(expected) or any(  # None: any length (e.g. image height)
+      e is not None and d != e for d, e in zip(labels.shape, expected)):
     raise LabelError(f"task {spec.name!r}: labels have shape {labels.shape} but mask "
                      f"{mask.shape} and kind {spec.kind} with num_outputs="
                      f"{spec.num_outputs} need {expected}")

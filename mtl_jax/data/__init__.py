@@ -13,3 +13,4 @@ from mtl_jax.data import glue  # noqa: F401
 from mtl_jax.data import glue_tfds  # noqa: F401
 from mtl_jax.data import celeb_a  # noqa: F401
 from mtl_jax.data import streaming  # noqa: F401
+from mtl_jax.data import dense_shapes, npy_folders  # noqa: F401  (dense tasks)

@@ -14,6 +14,7 @@ from mtl_jax.kinds import binary, multiclass, multilabel, regression  # noqa: E4
 from mtl_jax.kinds import similarity  # noqa: E402,F401
 from mtl_jax.kinds import ranking  # noqa: E402,F401
 from mtl_jax.kinds import token_classification  # noqa: E402,F401
+from mtl_jax.kinds import depth, normals, segmentation  # noqa: E402,F401  (per-pixel kinds)
 
 
 def get(name: str) -> TaskKind:

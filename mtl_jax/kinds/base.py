@@ -67,12 +67,19 @@ class TaskKind:
     lower_is_better: metrics where smaller is better; every other valid
       metric is higher-is-better (Δm% signs and model selection use this).
     position_axes: axes between the batch axis and the label/output axes.
+    output_axes: axes between the batch axis and the head outputs in the model
+      output; ``position_axes`` unless a kind says otherwise (the per-pixel
+      kinds have 2, H and W, but one mask entry per example).
   """
   name: str = ""
   default_metrics: Tuple[str, ...] = ("loss",)
   valid_metrics: Tuple[str, ...] = ("loss",)
   lower_is_better: FrozenSet[str] = frozenset({"loss"})
   position_axes: int = 0
+
+  @property
+  def output_axes(self) -> int:
+    return self.position_axes
 
   # ------------------------------------------------------------------ spec
 

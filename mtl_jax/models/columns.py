@@ -74,10 +74,10 @@ class ColumnHeads(nn.Module):
       start, stop = task_slices(self.groups)[g.key]
       h = features[start:stop]
       for j, width in enumerate(self.hidden):
-        h = nn.relu(StackedDense(len(g.names), width, kind.position_axes,
+        h = nn.relu(StackedDense(len(g.names), width, kind.output_axes,
                                  name=f"{g.key}_hidden_{j}")(h))
       out[g.key] = StackedDense(len(g.names), kind.head_outputs(g.num_outputs),
-                                kind.position_axes, name=g.key)(h)
+                                kind.output_axes, name=g.key)(h)
     return out
 
 

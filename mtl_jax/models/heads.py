@@ -81,10 +81,10 @@ class TaskHeads(nn.Module):
       route = None if routes is None else routes[g.key]
       h = features
       for j, width in enumerate(self.hidden):
-        h = nn.relu(StackedDense(len(g.names), width, kind.position_axes,
+        h = nn.relu(StackedDense(len(g.names), width, kind.output_axes,
                                  name=f"{g.key}_hidden_{j}")(h, route))
       out[g.key] = StackedDense(len(g.names), kind.head_outputs(g.num_outputs),
-                                kind.position_axes, name=g.key)(h, route)
+                                kind.output_axes, name=g.key)(h, route)
     return out
 
 
@@ -103,7 +103,7 @@ def concat_batches(groups: Sequence[TaskGroup], chunks: Sequence[Dict[str, np.nd
   """
   out = {}
   for g in groups:
-    axis = -(2 + kinds.get(g.kind).position_axes)
+    axis = -(2 + kinds.get(g.kind).output_axes)
     joined = np.concatenate([c[g.key] for c in chunks], axis=axis)
     out[g.key] = np.take(joined, np.arange(n), axis=axis)
   return out
