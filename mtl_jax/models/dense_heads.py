@@ -123,7 +123,12 @@ class DenseHeads(nn.Module):
       if per_task:
         start, stop = task_slices(self.groups)[g.key]
         h = features[start:stop]
-      outputs = kinds.get(g.kind).head_outputs(g.num_outputs)
+      kind = kinds.get(g.kind)
+      if kind.output_axes != 2:
+        raise ValueError(f"model.decoder predicts per pixel; task group {g.key!r} ({g.names}) is "
+                         f"of kind {g.kind!r}, which is not pixel-wise (segmentation, depth, "
+                         "normals are)")
+      outputs = kind.head_outputs(g.num_outputs)
       y = _stacked(cls, len(g.names), per_task)(outputs=outputs, **options, name=g.key)(h, train)
       out[g.key] = resize_bilinear(y, size)
     return out
