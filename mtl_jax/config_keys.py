@@ -163,6 +163,14 @@ SCHEMA: Tuple[Any, ...] = (
     Key("checkpoint_every_steps", _I, 500, "checkpoint every N steps (0: only at the end)"),
     Key("keep_checkpoints", _I, 3, "checkpoints kept (older ones are the fallback)"),
     Key("progress_bar", _B, True, "tqdm bar on stderr"),
+    # ---- Δm% in results.json (dense_data)
+    Key("delta_m", Optional[dict], None,
+        "Δm% vs a baseline in results.json: dict(baseline=, metrics=None, average='metrics')"),
+    Key("delta_m.baseline", Union[_S, Sequence[_S], dict], MANDATORY,
+        "results.json path(s) of the baseline run(s), or {task: {metric: value}} (every split)"),
+    Key("delta_m.metrics", Optional[dict], None,
+        "{task: [metric, ...]} (None: each task's reported metrics but loss)"),
+    Key("delta_m.average", _S, "metrics", "metrics (Maninis, Nash-MTL) | tasks (LibMTL)"),
 )
 
 BY_PATH: Dict[str, Any] = {e.path: e for e in SCHEMA}

@@ -138,6 +138,25 @@ def _check_regularizers(regs) -> None:
            "a number >= 0")
 
 
+def _check_delta_m(dm) -> None:
+  """Shape of config.delta_m; files, tasks and metrics are checked by train before training."""
+  if dm is None:
+    return
+  _check("delta_m", dm, lambda v: isinstance(v, dict) and "baseline" in v
+         and set(v) <= {"baseline", "metrics", "average"},
+         "None or dict(baseline=PATH | [PATH, ...] | {task: {metric: value}}, metrics=None, "
+         "average='metrics')")
+  b = _to_dict(dm["baseline"])
+  _check("delta_m.baseline", b, lambda v: isinstance(v, str) or (
+      isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(p, str) for p in v)) or (
+      isinstance(v, dict) and all(isinstance(_to_dict(m), dict) for m in v.values())),
+         "a results.json path, a list of them, or {task: {metric: value}}")
+  _check("delta_m.metrics", _to_dict(dm.get("metrics")),
+         lambda v: v is None or isinstance(v, dict), "None or {task: [metric, ...]}")
+  _check("delta_m.average", dm.get("average", "metrics"), lambda v: v in ("metrics", "tasks"),
+         "'metrics' (mean over every task metric) or 'tasks' (LibMTL: per-task means first)")
+
+
 def validate_config(config) -> None:
   """Raises ConfigError naming the first key whose value is out of range."""
   get = lambda k: config_keys.get(config, k)  # noqa: E731
@@ -166,6 +185,7 @@ def validate_config(config) -> None:
     _check_data(ds)
   _check_mesh(get("mesh"), get("grad_accum_steps"))
   _check_regularizers(get("regularizers"))
+  _check_delta_m(_to_dict(get("delta_m")))
   check_weighting(_to_dict(get("weighting")))
   from mtl_jax.models.dselect_k import check_entropy_regularizer  # the scheme owns its rule
   try:

@@ -105,3 +105,72 @@ def _metric_value(table, task: str, metric: str, num_metrics: int) -> float:
     raise ValueError(f"delta_m: task {task!r} has {num_metrics} metrics but one value; "
                      "pass {metric: value}")
   return float(entry)
+
+
+# ------------------------------------------------- Δm% in results.json (config.delta_m)
+
+def read_baseline(baseline) -> Dict[str, Dict[str, Dict[str, float]]]:
+  """``config.delta_m.baseline`` as {split or "*": {task: {metric: value}}}.
+
+  A results.json path (or a list of them, e.g. one single-task run per task)
+  gives per-split values; an inline {task: {metric: value}} (published
+  numbers) is used for every split ("*").
+  """
+  import json
+  import os
+  if isinstance(baseline, dict):
+    return {"*": {t: dict(v) for t, v in baseline.items()}}
+  paths = [baseline] if isinstance(baseline, str) else list(baseline)
+  out: Dict[str, Dict[str, Dict[str, float]]] = {}
+  for path in paths:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config.delta_m.baseline: no results file {path}")
+    with open(path) as f:
+      results = json.load(f)
+    for split, per_task in results.items():
+      if split in ("replicas", "delta_m"):
+        continue
+      for task, vals in per_task.items():
+        if task in out.setdefault(split, {}):
+          raise ValueError(f"config.delta_m.baseline: task {task!r} ({split}) is in two "
+                           f"baseline files; give each task once")
+        out[split][task] = vals
+  return out
+
+
+def delta_m_metrics(specs, metrics_of=None) -> Dict[str, Sequence[str]]:
+  """{task: metrics} for Δm%: ``metrics_of`` checked against the specs, or every reported
+  metric of each task but ``loss`` (a loss is no quality measure)."""
+  by_name = {s.name: s for s in specs}
+  if metrics_of is None:
+    return {s.name: [m for m in s.metrics if m != "loss"] or ["loss"] for s in specs}
+  out = {}
+  for task, names in dict(metrics_of).items():
+    names = [names] if isinstance(names, str) else list(names)
+    if task not in by_name:
+      raise ValueError(f"config.delta_m.metrics: unknown task {task!r}; tasks: {list(by_name)}")
+    bad = [m for m in names if m not in by_name[task].metrics]
+    if bad or not names:
+      raise ValueError(f"config.delta_m.metrics.{task}: {bad or names} not among the task's "
+                       f"reported metrics {list(by_name[task].metrics)}")
+    out[task] = names
+  return out
+
+
+def results_delta_m(results: Dict[str, Dict[str, Dict[str, float]]], baseline, specs,
+                    metrics_of=None, average: str = "metrics") -> Dict[str, float]:
+  """{split: Δm%} of a results dict ({split: {task: {metric: value}}}) for every split the
+  baseline covers (``read_baseline``'s output)."""
+  chosen = delta_m_metrics(specs, metrics_of)
+  kind_of = {s.name: s.kind for s in specs}
+  out = {}
+  for split, per_task in results.items():
+    base = baseline.get(split, baseline.get("*"))
+    if base is None or not isinstance(per_task, dict):
+      continue
+    missing = sorted(set(chosen) - set(base))
+    if missing:
+      raise KeyError(f"config.delta_m.baseline has no {split} values for tasks {missing}")
+    out[split] = delta_m(per_task, base, chosen, kind_of, average)
+  return out

@@ -11,7 +11,8 @@ Markdown tables of mean ± standard error over seeds.
 Provenance. Every row carries ``provenance``: the hash of the config that
 produced it (``config``), of that config with the seed taken out
 (``setup_hash``: equal for every seed of a cell), a fingerprint of every data
-file the config names (inside both hashes), the steps, the study-level
+file the config names and a listing (names, sizes) of every ``*data_dir``
+folder (inside both hashes), the steps, the study-level
 ``setup`` (e.g. which data source) and the git commit. The full seed-free
 configs sit beside the results, in ``<results>.configs.json``, so a mismatch
 names the keys that differ. A row is skipped on resume only if it was made
@@ -84,12 +85,27 @@ def _flatten(value, prefix: str = "") -> Dict[str, object]:
   return {prefix[:-1]: value}
 
 
+def listing_sha256(folder: str, length: int = 16) -> str:
+  """sha256 of the relative paths and sizes of every file under ``folder`` (no contents:
+  a user's dataset folder, e.g. NYUv2's 2.6 GB of .npy files, is fingerprinted in ms)."""
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    for f in sorted(files):
+      path = os.path.join(root, f)
+      h.update(f"{os.path.relpath(path, folder)}:{os.path.getsize(path)};".encode())
+  return h.hexdigest()[:length]
+
+
 def _fingerprint_files(flat: Dict[str, object]) -> Dict[str, object]:
-  """Adds ``<key>#sha256`` for every string value that names an existing file."""
+  """Adds ``<key>#sha256`` for every string value that names an existing file, and
+  ``<key>#listing`` for a ``*data_dir`` key naming a folder (user-supplied datasets)."""
   out = dict(flat)
   for k, v in flat.items():
     if isinstance(v, str) and os.path.isfile(v):
       out[k + "#sha256"] = file_sha256(v)
+    elif isinstance(v, str) and k.endswith("data_dir") and os.path.isdir(os.path.expanduser(v)):
+      out[k + "#listing"] = listing_sha256(os.path.expanduser(v))
   return out
 
 

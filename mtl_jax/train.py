@@ -14,7 +14,7 @@ from typing import Any, Dict
 import jax
 import numpy as np
 
-from mtl_jax import config_keys, metric_writer
+from mtl_jax import config_keys, metric_writer, metrics
 from mtl_jax.checkpoint import load_params_numpy
 from mtl_jax.evaluation import evaluate_sources
 from mtl_jax.run import setup
@@ -79,11 +79,29 @@ def _summarize(pending, specs, replicas) -> Dict[str, float]:
   return out
 
 
+def _delta_m_args(delta_m, specs):
+  """(baseline, specs, metrics, average) for ``metrics.results_delta_m``; None without
+  ``config.delta_m``. Reads and checks the baseline up front (missing file, tasks, metrics)."""
+  if not delta_m:
+    return None
+  dm = delta_m.to_dict() if hasattr(delta_m, "to_dict") else dict(delta_m)
+  base = metrics.read_baseline(dm["baseline"])
+  chosen = metrics.delta_m_metrics(specs, dm.get("metrics"))
+  for split, per_task in base.items():
+    missing = sorted({f"{t}/{m}" for t, ms in chosen.items() for m in ms
+                      if m not in per_task.get(t, {})})
+    if missing:
+      raise ValueError(f"config.delta_m.baseline ({'every split' if split == '*' else split}) "
+                       f"lacks {missing}")
+  return base, specs, dm.get("metrics"), dm.get("average", "metrics")
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
-  Returns {"validation": {task: {metric: value}}, "test": {...}} and writes it
-  to ``workdir/results.json``.
+  Returns {"validation": {task: {metric: value}}, "test": {...}} (with
+  ``config.delta_m`` also ``"delta_m": {split: Δm%}``) and writes it to
+  ``workdir/results.json``.
   """
   run = setup(config, workdir)
   config, program, mesh, checkpointer = run.config, run.program, run.mesh, run.checkpointer
@@ -91,6 +109,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   cfg = lambda k: config_keys.get(config, k)  # noqa: E731
   is_main = jax.process_index() == 0
   num_steps, start, state = int(config.num_train_steps), run.start_step, program.state
+  delta_m_args = _delta_m_args(cfg("delta_m"), specs)  # checked before training, not after
 
   def run_eval(split):
     return evaluate_sources(run.eval_fn, state.params, run.sources, split, specs, groups,
@@ -153,12 +172,19 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   if replicas.stacked:
     results["replicas"] = [{"seed": seed, **{split: per_replica[split][r] for split in per_replica}}
                            for r, seed in enumerate(replicas.seeds)]
+  if delta_m_args:  # Δm% vs the baseline, of the mean and of each replica
+    args = delta_m_args
+    for row in results.get("replicas", []):
+      row["delta_m"] = metrics.results_delta_m({k: row[k] for k in per_replica}, *args)
+    results["delta_m"] = metrics.results_delta_m({k: results[k] for k in per_replica}, *args)
   results = metric_writer.to_jsonable(results)
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    print(metric_writer.results_table({k: v for k, v in results.items() if k != "replicas"}),
-          flush=True)
+    print(metric_writer.results_table({k: v for k, v in results.items()
+                                       if k not in ("replicas", "delta_m")}), flush=True)
+    for split, v in results.get("delta_m", {}).items():
+      print(f"Δm% ({split}, vs config.delta_m.baseline): {v:+.2f}", flush=True)
   return results
 
 

@@ -151,6 +151,16 @@ def test_streamed_eval_in_padded_batches_equals_the_whole_split(split):
     _check(metrics.task_metrics(spec, out[name], labels[name], mask[name]), want, name)
 
 
+def test_sums_in_chunks_of_examples_equal_the_whole_batch(split, monkeypatch):
+  from mtl_jax.kinds import _dense
+  out, labels, mask = split
+  monkeypatch.setattr(_dense, "SUM_CHUNK", 2)  # 7 examples: chunks 2, 2, 2, 1
+  for spec in SPECS:
+    name = spec.name
+    _check(metrics.task_metrics(spec, out[name], labels[name], mask[name]),
+           ORACLES[name](out[name], labels[name], mask[name]), name)
+
+
 def test_miou_leaves_out_classes_absent_from_labels_and_predictions():
   # class 2 appears nowhere; class 1 only in a prediction (IoU 0); label -1 pixels don't count
   y = np.array([[[0, 0, 1, -1]]])
@@ -256,8 +266,9 @@ def test_delta_m_reproduces_published_nyuv2_rows():
     got = metrics.delta_m(row, NYU_STL, NYU_METRICS, kind_of=NYU_KINDS)
     assert got == pytest.approx(-published, abs=0.01)  # the table rounds each entry
     # LibMTL's count_improvement: per-task means first, written out by hand
-    seg = ((row["seg"]["miou"] - .3830) / .3830 + (row["seg"]["pixel_accuracy"] - .6376) / .6376) / 2
-    dep = (-(row["depth"]["abs_err"] - .6754) / .6754 - (row["depth"]["rel_err"] - .2780) / .2780) / 2
+    s, d = row["seg"], row["depth"]
+    seg = ((s["miou"] - .3830) / .3830 + (s["pixel_accuracy"] - .6376) / .6376) / 2
+    dep = (-(d["abs_err"] - .6754) / .6754 - (d["rel_err"] - .2780) / .2780) / 2
     nor = np.mean([-(row["normal"]["mean_angle"] - 25.01) / 25.01,
                    -(row["normal"]["median_angle"] - 19.21) / 19.21,
                    (row["normal"]["within_11_25"] - .3014) / .3014,

@@ -68,7 +68,7 @@ def test_labels_fit_the_kinds_and_classes_cover_the_range(splits):
 
 def test_deterministic_given_the_seed_and_splits_differ():
   kw = dict(size=8, num_train=300, num_validation=3, num_test=0)
-  a, b, c = ds.dense_shapes(seed=1, **kw), ds.dense_shapes(seed=1, **kw), ds.dense_shapes(seed=2, **kw)
+  a, b, c = (ds.dense_shapes(seed=s, **kw) for s in (1, 1, 2))
   for t in ds.TASKS:
     assert np.array_equal(a.train.labels[t], b.train.labels[t])
   assert np.array_equal(a.train.inputs, b.train.inputs)
@@ -110,7 +110,8 @@ def test_a_per_pixel_linear_model_learns_the_classes_from_colour(splits):
   beats always predicting the most frequent class, with the kinds' loss and metrics."""
   tr, va = splits.train, splits.validation
   spec = SPECS[0]
-  x, y, m = jnp.asarray(tr.inputs), jnp.asarray(tr.labels["segmentation"]), jnp.asarray(tr.mask["segmentation"])
+  x, y, m = (jnp.asarray(a) for a in (tr.inputs, tr.labels["segmentation"],
+                                      tr.mask["segmentation"]))
   params = {"w": jnp.zeros((3, 6)), "b": jnp.zeros(6)}
   apply = lambda p, x: x @ p["w"] + p["b"]  # noqa: E731
   opt = optax.adam(0.1)

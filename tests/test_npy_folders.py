@@ -135,3 +135,17 @@ def test_train_and_val_of_different_sizes(tmp_path):
   with pytest.raises(DatasetLayoutError, match=r"train images are \(6, 8, 3\) but val images "
                                                r"\(6, 4, 3\)"):
     build_dataset(dict(name="nyuv2", data_dir=root))
+
+
+def test_study_provenance_fingerprints_the_folder(nyu, tmp_path):
+  """sweep.provenance hashes a listing (names, sizes) of ``data.data_dir``: another folder
+  at the same path is another setup."""
+  import ml_collections
+  from mtl_jax import sweep
+  d = _copy(nyu[0], tmp_path)
+  cfg = ml_collections.ConfigDict({"data": {"name": "nyuv2", "data_dir": d}, "seed": 0})
+  before, flat = sweep.provenance(cfg, 0, commit="x")
+  assert "data.data_dir#listing" in flat
+  np.save(os.path.join(d, "val", "image", "0.npy"), np.zeros((H, W + 1, 3), np.float32))
+  after, _ = sweep.provenance(cfg, 0, commit="x")
+  assert after["setup_hash"] != before["setup_hash"]

@@ -2,7 +2,7 @@
 
 A pinhole camera (focal length 1 in normalised image coordinates u, v in
 [-1, 1], v pointing down) looks at a back wall, a sloped ground plane and
-``num_objects`` planar shapes (rectangles and discs, tilted up to 35°) in
+``num_objects`` planar shapes (rectangles and discs, tilted up to 34°) in
 front of them. Every surface is a plane ``m . X = 1``, so along the ray
 r = (u, v, 1) its depth is exactly ``1 / (m . r)`` and its normal is
 ``-m / |m|`` (camera coordinates, facing the camera); the nearest surface of

@@ -46,7 +46,7 @@ class Depth(DenseKind):
     """|d̂ - d| of every valid pixel (flattened), float64."""
     return self._errors(outputs, labels, mask)[0]
 
-  def metric_sums(self, spec, outputs, labels, mask):
+  def chunk_sums(self, spec, outputs, labels, mask):
     err, d = self._errors(outputs, labels, mask)
     return {"abs_sum": err.sum(), "rel_sum": (err / d).sum(),
             "pixels": np.asarray(err.size, np.float64)}

@@ -83,7 +83,7 @@ class Normals(DenseKind):
     """1 - cos of every valid pixel (flattened), float64."""
     return 1.0 - self._cosines(outputs, labels, mask)
 
-  def metric_sums(self, spec, outputs, labels, mask):
+  def chunk_sums(self, spec, outputs, labels, mask):
     cos = self._cosines(outputs, labels, mask)
     angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     bins = np.minimum((angle / MEDIAN_BIN).astype(np.int64), _NUM_BINS - 1)
