@@ -25,7 +25,8 @@ DeepLabV3 ASPP decoder per task, outputs upsampled to 288x384).
 generated scenes, 6 classes), 4 steps, for smoke tests.
 
 Training as MTAN / Nash-MTL: Adam lr 1e-4, batch 2, 200 epochs of the 795
-train images (79,500 steps), test = the 654 val images. Differences: MTAN
+train images (79,500 steps), test = the 654 val images; ``deeplab`` as LibMTL's
+``examples/nyu/main.py``: batch 8, 200 epochs (19,800 steps). Differences: MTAN
 halves the lr at epoch 100 (StepLR), here the lr is constant (the schedules
 are constant | cosine | linear); GroupNorm replaces BatchNorm (docs/dense.md);
 Nash-MTL averages the test metrics of the last 10 epochs, we report the final
@@ -117,6 +118,11 @@ def get_config(arg: str = "ew") -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 4000
   config.keep_checkpoints = 2
   config.delta_m = dict(baseline=SINGLE_TASK)
+  if arch == "deeplab":  # LibMTL's examples/nyu/main.py: train_bs 8, 200 epochs
+    config.batch_size = 8
+    config.num_train_steps = 19_800  # 200 epochs of 795 images at batch 8 (drop_last: 99)
+    config.log_every_steps = 99
+    config.checkpoint_every_steps = 990
   if runlocal:
     config.data = dict(name="dense_shapes", size=32, num_train=16, num_validation=4,
                        num_test=4, num_classes=6)
