@@ -326,6 +326,8 @@ def test_single_task_segnet_columns_are_independent():
     (dict(sharing="hard", trunk=SEG, decoder=dict(name="conv"), head_hidden=(4,)),
      r"model.decoder replaces the linear heads"),
     (dict(sharing="pooled", trunk=SEG, decoder=dict(name="conv")), r"not 'pooled'"),
+    (dict(sharing="mtan", trunk=SEG),
+     r"'mtan' predicts per pixel; task group 'binary_1' \(\('x',\)\) is of kind 'binary'"),
     (dict(sharing="hard", trunk=SEG, decoder=dict(name="conv")),
      r"task group 'binary_1' \(\('x',\)\) is of kind 'binary', which is not pixel-wise"),
     (dict(sharing="hard", trunk=dict(SEG, features=(4, 4, 4, 4, 4, 4), convs_per_level=(1,) * 6)),

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import kinds
 from mtl_jax.models.columns import ColumnHeads, task_order
 from mtl_jax.models.dense import ConvNormAct, StackedGroupNorm, max_pool, resize_bilinear
 from mtl_jax.models.dense_heads import dense_heads, image_size
@@ -117,6 +118,11 @@ class MTAN(nn.Module):
       raise ValueError("sharing 'mtan' has no shared representation for weighting "
                        "mode='representation' (every task's attention reads every SegNet "
                        "level); use mode='gramian' or 'jacobian'")
+    for g in self.groups:
+      if kinds.get(g.kind).output_axes != 2:
+        raise ValueError(f"sharing 'mtan' predicts per pixel; task group {g.key!r} ({g.names}) "
+                         f"is of kind {g.kind!r}, which is not pixel-wise (segmentation, depth, "
+                         "normals are)")
     trunk = build_trunk(self.trunk, name="trunk")
     _, taps = trunk(inputs, train, True)
     features = TaskAttention(len(task_order(self.groups)), tuple(trunk.features),
