@@ -198,9 +198,15 @@ def torchjd_weighting(name):
           "mean": agg.MeanWeighting}[name]()
 
 
-def torch_step(side, agg_name, model, batch, lr, foreach):
-  """A closure running one full PyTorch train step of ``side`` (see module docstring)."""
+def torch_step(side, agg_name, model, batch, lr, foreach, losses_fn=None):
+  """A closure running one full PyTorch train step of ``side`` (see module docstring).
+
+  ``losses_fn(model, batch) -> (shared features, [T scalar losses])`` defaults to this
+  benchmark's masked MSE (benchmarks/dense_step_time.py passes its per-pixel losses); the
+  model needs ``trunk`` (the shared part) and ``heads``.
+  """
   torch = _torch()
+  task_losses = losses_fn or globals()["task_losses"]
   opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=foreach)
   shared = list(model.trunk.parameters())
 

@@ -35,13 +35,16 @@ from mtl_jax import config_keys
 from mtl_jax.config_keys import BY_PATH, ConfigError, Options
 from mtl_jax.data import DATASETS
 from mtl_jax.models import SHARING, TRUNKS
+from mtl_jax.models.dense_heads import DECODERS
 from mtl_jax.weighting import AGGREGATORS
 from mtl_jax.weighting.loss import LOSS_WEIGHTINGS
 
 # The registries an ``Options`` selector names, by their kind ("trunk", "dataset", ...).
-REGISTRIES = {r.kind: r for r in (DATASETS, SHARING, TRUNKS, AGGREGATORS, LOSS_WEIGHTINGS)}
+REGISTRIES = {r.kind: r for r in (DATASETS, SHARING, TRUNKS, AGGREGATORS, LOSS_WEIGHTINGS,
+                                   DECODERS)}
 # Constructor parameters the caller fills in, never config options.
-_NOT_OPTIONS = ("self", "parent", "name", "groups", "num_tasks")
+_NOT_OPTIONS = ("self", "parent", "name", "groups", "num_tasks",
+                "outputs")  # a dense decoder's output channels: from the task
 _SELECTORS = tuple(s[0] for e in config_keys.SCHEMA if isinstance(e, Options) for s in e.selectors)
 _FLAG = re.compile(r"^--?(no)?config\.([^=]*)(?:=(.*))?$", re.S)
 _TRUE, _FALSE = ("true", "t", "yes", "1"), ("false", "f", "no", "0")

@@ -104,6 +104,13 @@ SCHEMA: Tuple[Any, ...] = (
     Key("model.head_hidden", Sequence[int], (), "hidden widths of each task's head (towers)"),
     Key("model.num_experts", _I, 8, "(mmoe, omoe) number of experts"),
     Key("model.stitch_diagonal", _F, 0.9, "(cross_stitch) initial self-weight of each unit"),
+    # dense prediction (docs/dense.md)
+    Options("model.decoder", (("model.decoder.name", "dense decoder", None),), ("name",), None,
+            "(hard, single_task, soft, mtan) per-task dense decoders: dict(name='conv' | "
+            "'aspp', **options); None: per-pixel linear heads"),
+    Key("model.decoder.name", _S, MANDATORY, "conv (MTAN's prediction layer) | aspp (DeepLabV3)"),
+    Key("model.decoder.features", _I, UNSET, "decoder width (aspp: 256; conv: -1, the input's)"),
+    Key("model.decoder.rates", Sequence[int], UNSET, "(aspp) dilation rates, (12, 24, 36)"),
     # ---- optimization
     Key("optimizer", dict, MANDATORY, "dict(name=, learning_rate=, ...) (mtl_jax/optim.py)"),
     Key("optimizer.name", _S, "adam", "adam | adamw | sgd"),

@@ -60,13 +60,43 @@ def _positive_ints(v) -> bool:
   return isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 1 for x in v)
 
 
+def _check_decoder(decoder) -> None:
+  """``model.decoder`` (per-task dense decoders): its ``features`` is one width, not a list."""
+  decoder = _to_dict(decoder)
+  if decoder is None:
+    return
+  _check("model.decoder", decoder, lambda v: isinstance(v, dict) and "name" in v,
+         "None or dict(name='conv' | 'aspp', **options) (docs/dense.md)")
+  if "features" in decoder:
+    _check("model.decoder.features", decoder["features"],
+           lambda v: _is_int(v) and (v >= 1 or (v == -1 and decoder["name"] == "conv")),
+           "a positive width (conv: -1 keeps the input's width)")
+  if "rates" in decoder:
+    _check("model.decoder.rates", decoder["rates"], _positive_ints,
+           "a sequence of positive dilation rates, e.g. (12, 24, 36)")
+  for name, lo in (("num_convs", 0), ("norm_groups", 1)):
+    if name in decoder:
+      _check(f"model.decoder.{name}", decoder[name], _int_at_least(lo), f"an integer >= {lo}")
+  if "dropout" in decoder:
+    _check("model.decoder.dropout", decoder["dropout"], lambda v: _is_number(v) and 0 <= v < 1,
+           "a rate in [0, 1)")
+
+
 def _check_model(model) -> None:
+  model = _to_dict(model)
+  if isinstance(model, dict) and "decoder" in model:  # its own rules (features is an int there)
+    _check_decoder(model["decoder"])
+    model = {k: v for k, v in model.items() if k != "decoder"}
   for key, name, v in _walk(model, "model"):
     if name == "features":
       _check(key, v, lambda v: _positive_ints(v) and len(v) > 0,
              "a non-empty sequence of positive layer widths, e.g. (256, 256)")
     elif name in ("head_hidden", "kernel_sizes", "strides"):
       _check(key, v, _positive_ints, "a sequence of positive integers")
+    elif name == "convs_per_level":  # segnet
+      _check(key, v, lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 0
+                                                                    for x in v),
+             "a sequence of integers >= 0 (extra convs per level)")
     elif name in ("num_experts", "num_gates", "num_shared_experts", "num_task_experts",
                   "num_levels", "num_selectors"):
       _check(key, v, _int_at_least(1), "an integer >= 1")

@@ -35,7 +35,7 @@ def test_unknown_registry_names_list_valid_ones(workdir, section, key, value, ma
 def test_unknown_trunk_and_trunk_option(workdir):
   c = tiny_config()
   c.model.trunk.name = "transformerr"
-  with pytest.raises(KeyError, match=r"unknown trunk 'transformerr'; valid names: \[.*'bert', .*'cnn', .*'identity', .*'mlp'.*\]"):
+  with pytest.raises(KeyError, match=r"unknown trunk 'transformerr'; valid names: \[.*'bert', .*'cnn', .*'dilated_resnet', .*'identity', .*'mlp'.*'segnet'.*\]"):
     train.train_and_evaluate(c, workdir)
   c = tiny_config()
   c.model.trunk.widths = (3,)

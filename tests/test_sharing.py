@@ -246,9 +246,20 @@ def test_bad_options_list_the_valid_ones():
     _shapes("cross_stitch", trunk={"name": "cnn"})
 
 
+# Schemes that need another trunk than the MLP: (model options, inputs).
+IMAGE_SCHEMES = {"mtan": (dict(trunk=dict(name="segnet", features=(4,), convs_per_level=(0,),
+                                          norm_groups=2)), jnp.ones((1, 4, 4, 3)),
+                          group_tasks((TaskSpec("s", "segmentation", 3), TaskSpec("d", "depth"))))}
+
+
 def test_every_scheme_names_its_shared_params():
   for name in SHARING:
-    _, params = _shapes(name)
+    if name in IMAGE_SCHEMES:
+      opts, x, groups = IMAGE_SCHEMES[name]
+      model = build_model({"sharing": name, **opts}, groups)
+      params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
+    else:
+      _, params = _shapes(name)
     assert any(re.fullmatch(layout(name).shared, k) for k in _flat(params)), name
 
 

@@ -14,6 +14,10 @@ from mtl_jax.models import vit  # noqa: F401  (registers the vit trunk)
 from mtl_jax.models import extraction  # noqa: F401  (registers the cgc and ple schemes)
 from mtl_jax.models import dselect_k  # noqa: F401  (registers dselect_k, selector_entropy)
 from mtl_jax.models import mlm_head  # noqa: F401  (registers the masked_lm head)
+# dense prediction (issue 19): encoder-decoder trunks, MTAN
+from mtl_jax.models import segnet  # noqa: F401  (registers the segnet trunk)
+from mtl_jax.models import dilated_resnet  # noqa: F401  (registers the dilated_resnet trunk)
+from mtl_jax.models import mtan  # noqa: F401  (registers the mtan scheme)
 from mtl_jax.tasks import TaskGroup
 
 

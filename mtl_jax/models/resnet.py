@@ -45,18 +45,27 @@ def _norm(groups: int, channels: int, name: str) -> nn.GroupNorm:
 
 
 class BasicUnit(nn.Module):
-  """Two 3x3 convs with a residual; a 1x1 projection when the shape changes."""
+  """Two 3x3 convs with a residual; a 1x1 projection when the shape changes.
+
+  ``dilations`` (conv1, conv2) dilate the 3x3 convs (``dilated_resnet``); the
+  parameters are the same for every dilation.
+  """
   features: int
   stride: int
   groups: int
+  dilations: tuple = (1, 1)
+  project: bool = False  # a projection even at stride 1 (a dilated unit that would downsample)
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,  # noqa: E731
-                                         use_bias=False, name=name)
-    y = nn.relu(_norm(self.groups, self.features, "norm1")(conv(self.features, 3, self.stride, "conv1")(x)))
-    y = _norm(self.groups, self.features, "norm2")(conv(self.features, 3, 1, "conv2")(y))
-    if self.stride != 1 or x.shape[-1] != self.features:
+    def conv(f, k, s, name, d=1):
+      return nn.Conv(f, (k, k), (s, s), padding=[(d * (k // 2), d * (k // 2))] * 2,
+                     kernel_dilation=(d, d), use_bias=False, name=name)
+    d1, d2 = self.dilations
+    y = nn.relu(_norm(self.groups, self.features, "norm1")(
+        conv(self.features, 3, self.stride, "conv1", d1)(x)))
+    y = _norm(self.groups, self.features, "norm2")(conv(self.features, 3, 1, "conv2", d2)(y))
+    if self.project or self.stride != 1 or x.shape[-1] != self.features:
       x = _norm(self.groups, self.features, "proj_norm")(conv(self.features, 1, self.stride, "proj_conv")(x))
     return nn.relu(x + y)
 
@@ -68,6 +77,9 @@ class Stage(nn.Module):
   groups: int
   stem: str = ""  # set on block_0 only
   stem_features: int = 64
+  # > 1: the stage keeps the resolution (stride 1) and dilates instead, as the dilated ResNets
+  # of semantic segmentation (CSAIL's ResnetDilated: the first conv at dilation/2, then dilation).
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x):
@@ -80,8 +92,14 @@ class Stage(nn.Module):
       x = nn.Conv(self.stem_features, (3, 3), padding=[(1, 1)] * 2, use_bias=False,
                   name="stem_conv")(x)
       x = nn.relu(_norm(self.groups, self.stem_features, "stem_norm")(x))
+    d = self.dilation
     for j in range(self.units):
-      x = BasicUnit(self.features, self.stride if j == 0 else 1, self.groups, name=f"unit_{j}")(x)
+      if d > 1:
+        x = BasicUnit(self.features, 1, self.groups, (max(d // 2, 1) if j == 0 else d, d),
+                      project=j == 0 and self.stride != 1, name=f"unit_{j}")(x)
+      else:
+        x = BasicUnit(self.features, self.stride if j == 0 else 1, self.groups,
+                      name=f"unit_{j}")(x)
     return x
 
 

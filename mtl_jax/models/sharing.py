@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.models.columns import ColumnHeads, CrossStitchMLP, stacked_trunk, task_order
+from mtl_jax.models.dense_heads import dense_heads, image_size
 from mtl_jax.models.heads import KIND_HEADS, TaskHeads, head_context
 from mtl_jax.models.trunks import build_trunk, trunk_class
 from mtl_jax.registry import Registry
@@ -123,6 +124,8 @@ class HardSharing(nn.Module):
   head_hidden: Sequence[int] = ()
   # Train steps run each example through its own task's head only (mtl_jax/routing.py).
   route_heads: bool = False
+  # Per-task dense decoders on a feature map (mtl_jax/models/dense_heads.py); None: linear heads.
+  decoder: Optional[Dict[str, Any]] = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
@@ -130,6 +133,10 @@ class HardSharing(nn.Module):
     features = trunk(inputs, train=train)
     # Inputs and tied word embeddings for kinds with their own head (masked_lm); else None.
     context = head_context(self.groups, self.trunk, trunk, inputs)
+    decoder = dense_heads(self.groups, self.decoder)
+    if decoder is not None and (self.route_heads or self.head_hidden):
+      raise ValueError("model.decoder replaces the linear heads: it takes neither "
+                       "model.route_heads nor model.head_hidden")
     if self.has_variable(ROUTES, self.groups[0].key):
       routes = {g.key: self.get_variable(ROUTES, g.key) for g in self.groups}
       return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features, routes,
@@ -140,7 +147,11 @@ class HardSharing(nn.Module):
     if self.has_variable("perturbations", TASK_FEATURES):
       # Per-task copies: d L / d copy_t = d L_t / d features (head t reads copy t only).
       per_task = features[None] + self.get_variable("perturbations", TASK_FEATURES)
+      if decoder is not None:
+        return decoder(per_task, image_size(inputs), train)
       return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(per_task, context)
+    if decoder is not None:
+      return decoder(features, image_size(inputs), train)
     return TaskHeads(self.groups, tuple(self.head_hidden), name="heads")(features,
                                                                           context=context)
 
@@ -167,6 +178,9 @@ class Pooled(HardSharing):
     if own:
       raise ValueError(f"sharing='pooled' has no place for the {own[0]!r} head (its own, "
                        "tied to the trunk); use sharing='hard'")
+    if self.decoder is not None:
+      raise ValueError("model.decoder applies to sharing 'hard', 'single_task', 'soft' and "
+                       "'mtan', not 'pooled'")
     features = build_trunk(self.trunk, name="trunk")(inputs, train=train)
     out = {}
     for g in self.groups:
@@ -199,11 +213,16 @@ class SingleTask(nn.Module):
   trunk: Dict[str, Any]
   groups: Sequence[TaskGroup]
   head_hidden: Sequence[int] = ()
+  decoder: Optional[Dict[str, Any]] = None  # as HardSharing's
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     n = len(task_order(self.groups))
     features = stacked_trunk(self.trunk, n, name="columns")(inputs, train)  # [T, B, D]
+    if self.decoder is not None:
+      if self.head_hidden:
+        raise ValueError("model.decoder replaces the linear heads: it takes no model.head_hidden")
+      return dense_heads(self.groups, self.decoder)(features, image_size(inputs), train)
     return ColumnHeads(self.groups, tuple(self.head_hidden), name="heads")(features)
 
 

@@ -1,0 +1,216 @@
+"""Dense multi-task learning on generated scenes (dense_shapes): single-task vs hard sharing vs
+MTAN, each with the weighting methods of the NYUv2 tables, Δm% against single task.
+
+  python experiments/dense_mtl/run.py [--seeds 2] [--steps 100] [--size 16]
+
+Data: ``dense_shapes`` (segmentation of 6 classes, depth, surface normals; 600 train / 100
+validation / 100 test scenes (``--num_train`` 400) of ``size`` x ``size``, data seed 0). Models: a SegNet of
+``WIDTHS`` (two pooling levels; MTAN's has five of 64..512) with MTAN's conv prediction layer
+per task (``decoder=dict(name="conv")``), as ``single_task`` (one SegNet per task, the Δm%
+baseline), ``hard`` (one shared SegNet: MTAN's "split") and ``mtan``. Adam, batch 8,
+``--steps`` updates, no schedule; every cell trains its seeds as one vmapped program.
+
+Hyperparameters on validation: the learning rate is picked from ``LRS`` by the validation
+Δm% of hard sharing with equal weights against single task at lr 1e-3 (the CPU budget allows
+one search), then every cell runs at it. The reported numbers are test metrics of the final step; Δm% (Maninis et al.;
+higher is better, the 9 NYUv2 metrics, ``metrics.delta_m``) is seed-paired: seed s of a
+cell against seed s of single task (same data and initial key).
+"""
+
+import argparse
+import os
+import sys
+
+import ml_collections
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+from mtl_jax import metrics, sweep  # noqa: E402
+
+WIDTHS = (8, 16)
+LRS = (1e-3, 3e-3)
+METHODS = {
+    "ew": None,
+    "uncertainty": dict(name="uncertainty"),
+    "dwa": dict(name="dwa"),
+    "famo": dict(name="famo"),
+    "pcgrad": dict(aggregator="pcgrad"),
+    "cagrad": dict(aggregator="cagrad"),
+    "nash_mtl": dict(aggregator="nash_mtl"),
+    "upgrad": dict(aggregator="upgrad"),
+}
+SCHEMES = ("single_task", "hard", "mtan")
+TASKS = [dict(name="segmentation", kind="segmentation", num_outputs=6),
+         dict(name="depth", kind="depth"), dict(name="normal", kind="normals", num_outputs=3)]
+METRICS = {"segmentation": ["miou", "pixel_accuracy"], "depth": ["abs_err", "rel_err"],
+           "normal": ["mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30"]}
+KINDS = {t["name"]: t["kind"] for t in TASKS}
+
+
+def cell_name(scheme: str, method: str, lr: float) -> str:
+  return f"{scheme}/{method}/lr{lr:g}"
+
+
+def parse(cell: str):
+  scheme, method, lr = cell.split("/")
+  return scheme, method, float(lr[2:])
+
+
+def make_config(cell: str, seed: int, steps: int = 300, size: int = 16,
+                num_train: int = 600) -> ml_collections.ConfigDict:
+  scheme, method, lr = parse(cell)
+  c = ml_collections.ConfigDict()
+  c.seed = seed
+  c.data = dict(name="dense_shapes", size=size, num_train=num_train, num_validation=100,
+                num_test=100, num_classes=6, seed=0)
+  c.tasks = [dict(t) for t in TASKS]
+  c.model = dict(sharing=scheme, decoder=dict(name="conv"),
+                 trunk=dict(name="segnet", features=WIDTHS, convs_per_level=(1, 1),
+                            norm_groups=8))
+  c.optimizer = dict(name="adam", learning_rate=lr)
+  if METHODS[method] is not None:
+    c.weighting = dict(METHODS[method])
+  c.batch_size = 8
+  c.eval_batch_size = 100
+  c.num_train_steps = steps
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 0
+  return c
+
+
+def _by_seed(rows, split):
+  """{cell: {seed: {task: {metric: value}}}}."""
+  out = {}
+  for r in rows:
+    out.setdefault(r["cell"], {})[r["seed"]] = r[split]
+  return out
+
+
+def _delta(values, base):
+  return metrics.delta_m(values, base, METRICS, KINDS)
+
+
+def validation_scores(rows, lrs=LRS):
+  """{lr: validation Δm% of hard/ew vs single_task/ew at lrs[0]}, mean over seeds."""
+  val = _by_seed(rows, "validation")
+  ref = val.get(cell_name("single_task", "ew", lrs[0]), {})
+  scores = {}
+  for lr in lrs:
+    cell = val.get(cell_name("hard", "ew", lr), {})
+    seeds = sorted(set(cell) & set(ref))
+    if seeds:
+      scores[lr] = sum(_delta(cell[s], ref[s]) for s in seeds) / len(seeds)
+  return scores
+
+
+def chosen_lrs(rows, lrs=LRS):
+  """{scheme: lr}: the lr of the best validation score, for every scheme."""
+  scores = validation_scores(rows, lrs)
+  if not scores:
+    return {}
+  return {s: max(scores, key=scores.get) for s in SCHEMES}
+
+
+def write_report(rows, args, study_dir=HERE):
+  grid = tuple(args.lrs)
+  lrs = chosen_lrs(rows, grid)
+  test = _by_seed(rows, "test")
+  base_cell = cell_name("single_task", "ew", lrs.get("single_task", LRS[0]))
+  if base_cell not in test:  # the search's single-task run (chosen lr == LRS[0])
+    base_cell = cell_name("single_task", "ew", grid[0])
+  base = test.get(base_cell, {})
+  head = ("| scheme | method | mIoU | pix acc | abs err | rel err | mean ° | median ° | <11.25 | "
+          "<22.5 | <30 | Δm% vs single task (paired) |")
+  lines = ["# Dense MTL on generated scenes (dense_shapes)", "",
+           f"Generated by `python experiments/dense_mtl/run.py --seeds {args.seeds} --steps "
+           f"{args.steps} --size {args.size} --num_train {args.num_train}` from results.jsonl. Test metrics at the final "
+           "step, mean ± s.e. over seeds; Δm% (higher is better: the mean signed relative "
+           "change of the nine NYUv2 metrics, Maninis et al. 2019) per seed against the same "
+           "seed of single task, mean ± s.e. of those paired values.", "",
+           "Learning rate chosen on the validation Δm% of hard/EW vs single task (lr "
+           f"{grid[0]:g}): " + ", ".join(f"lr {k:g}: {v:+.2f}" for k, v in
+                                         validation_scores(rows, grid).items())
+           + f"; every cell runs at {lrs.get('hard', grid[0]):g}.", "",
+           head, "|" + "---|" * 12]
+  fig_rows = []
+  for scheme in SCHEMES:
+    if scheme not in lrs:
+      continue
+    for method in args.methods:
+      cell = cell_name(scheme, method, lrs[scheme])
+      if cell not in test:
+        continue
+      seeds = sorted(test[cell])
+      cols = []
+      for task, names in METRICS.items():
+        for m in names:
+          scale = 100.0 if m in ("miou", "pixel_accuracy") or m.startswith("within") else 1.0
+          mean, se, _ = sweep.mean_se([scale * test[cell][s][task][m] for s in seeds])
+          cols.append(f"{mean:.2f} ± {se:.2f}" if scale != 1.0 or m.endswith("angle")
+                      else f"{mean:.4f} ± {se:.4f}")
+      paired = [_delta(test[cell][s], base[s]) for s in seeds if s in base]
+      dm, dse, n = sweep.mean_se(paired)
+      dm_text = "(baseline)" if cell == base_cell else f"{dm:+.2f} ± {dse:.2f}"
+      lines.append(f"| {scheme} | {method} | " + " | ".join(cols) + f" | {dm_text} |")
+      fig_rows.append((scheme, method, dm, dse))
+  secs = sum({r["cell"]: r["seconds"] for r in rows}.values())
+  lines += ["", f"Seeds: {args.seeds}. Wall time of the grid (one vmapped program per cell, "
+            f"LR-search cells included): {secs / 60:.1f} min on this machine's CPU."]
+  sweep.write_results_md(os.path.join(study_dir, "results.md"), "\n".join(lines) + "\n\n", rows)
+  _plot(fig_rows, args.methods, study_dir)
+
+
+def _plot(fig_rows, methods, study_dir):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  fig, ax = plt.subplots(figsize=(9, 3.6))
+  for j, scheme in enumerate(("hard", "mtan")):
+    got = {m: (d, s) for sc, m, d, s in fig_rows if sc == scheme}
+    x = np.arange(len(methods)) + (j - 0.5) * 0.38
+    ax.bar(x, [got.get(m, (np.nan, 0))[0] for m in methods], 0.38,
+           yerr=[0 if not np.isfinite(got.get(m, (0, 0))[1]) else got.get(m, (0, 0))[1]
+                 for m in methods], label=scheme, color=f"C{j}")
+  ax.axhline(0, color="k", lw=0.8)
+  ax.set_xticks(range(len(methods)), methods, rotation=20)
+  ax.set_ylabel("Δm% vs single task (test, higher = better)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(study_dir, "delta_m.png"), dpi=120)
+
+
+def main(argv=None, study_dir=HERE):
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--seeds", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--size", type=int, default=16)
+  parser.add_argument("--num_train", type=int, default=400)
+  parser.add_argument("--methods", default=",".join(METHODS), help="subset of METHODS (ew first)")
+  parser.add_argument("--lrs", default=",".join(f"{v:g}" for v in LRS))
+  parser.add_argument("--report_only", action="store_true")
+  args = parser.parse_args(argv)
+  args.methods = [m for m in args.methods.split(",") if m]
+  args.lrs = [float(v) for v in args.lrs.split(",") if v]
+  unknown = sorted(set(args.methods) - set(METHODS))
+  if unknown or "ew" not in args.methods:
+    raise SystemExit(f"--methods {unknown}: valid {list(METHODS)}, ew included (the baseline)")
+
+  def config(cell, seed):
+    return make_config(cell, seed, args.steps, args.size, args.num_train)
+  setup = {"data": "dense_shapes (generated, data seed 0)"}
+  if not args.report_only:
+    search = [cell_name("single_task", "ew", args.lrs[0])] + [cell_name("hard", "ew", lr)
+                                                              for lr in args.lrs]
+    sweep.run_grid(study_dir, config, search, range(args.seeds), vmap_seeds=True, setup=setup)
+    lr = chosen_lrs(sweep.read_results(os.path.join(study_dir, "results.jsonl")),
+                    args.lrs)["hard"]
+    cells = ([cell_name("single_task", "ew", lr), cell_name("mtan", "ew", lr)]
+             + [cell_name(s, m, lr) for s in ("hard", "mtan") for m in args.methods if m != "ew"])
+    sweep.run_grid(study_dir, config, cells, range(args.seeds), vmap_seeds=True, setup=setup)
+  write_report(sweep.read_results(os.path.join(study_dir, "results.jsonl")), args, study_dir)
+
+
+if __name__ == "__main__":
+  main()
