@@ -170,6 +170,8 @@ SLOW_FILES = frozenset({
     "test_device_suite_smoke.py", "test_dense_train.py", "test_task_embedding.py",
     "test_ernie_continual_study.py", "test_mlm_end_to_end.py", "test_mlm_benchmark_smoke.py",
     "test_mlm_parity.py", "test_mtdnn_pipeline.py", "test_mtdnn_study.py",
+    "test_dense_end_to_end.py", "test_dense_study.py", "test_dense_bench_smoke.py",
+    "test_dense_methods.py",
 })
 
 
