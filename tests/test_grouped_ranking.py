@@ -118,3 +118,66 @@ def test_qnli_rows_are_grouped_by_question(tmp_path):
     glue.glue("rte", root, tokenizer="unused", qnli_as="ranking")
   with pytest.raises(ValueError, match="qnli_as must be 'classification' or 'ranking'"):
     glue.glue("qnli", root, tokenizer="unused", qnli_as="rank")
+
+
+def _pipeline_config(glue_dir, encoder, **pipeline):
+  from configs import mtdnn_glue
+  c = mtdnn_glue.get_config("runlocal")
+  c.glue_dir = glue_dir
+  c.pipeline.encoder = encoder
+  c.pipeline.tasks = ("qnli", "rte")
+  c.pipeline.finetune = ("qnli",)
+  c.pipeline.max_examples = 24
+  c.pipeline.max_length = 16
+  c.pipeline.stage3.num_train_steps = 2
+  c.pipeline.update(pipeline)
+  c.num_train_steps = 4
+  c.checkpoint_every_steps = 4
+  c.eval_batch_size = 32
+  c.progress_bar = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def glue_folder(tmp_path_factory):
+  from test_mtdnn_pipeline import WORDS
+  from text_fixtures import write_bert_dir, write_tokenizer
+  root = tmp_path_factory.mktemp("qnli_rank")
+  encoder = write_bert_dir(str(root / "bert"), vocab_size=5 + len(WORDS))
+  write_tokenizer(encoder, WORDS)
+  glue_dir = glue_synthetic.write_glue_dir(str(root / "glue"), ("qnli", "rte"), sizes={},
+                                           dev_size=16, test_size=2)
+  for split in ("train", "dev"):  # questions asked twice: groups of two candidates
+    path = f"{glue_dir}/QNLI/{split}.tsv"
+    lines = [r.split("\t") for r in open(path).read().splitlines()]
+    for i in range(2, len(lines), 2):
+      lines[i][1] = lines[i - 1][1]
+    open(path, "w").write("\n".join("\t".join(r) for r in lines) + "\n")
+  return glue_dir, encoder
+
+
+def test_pipeline_stages_rank_qnli_by_default(glue_folder, tmp_path):
+  from mtl_jax import pipelines
+  from mtl_jax.pipelines import mtdnn
+  glue_dir, encoder = glue_folder
+  stages = mtdnn.stage_configs(_pipeline_config(glue_dir, encoder), str(tmp_path))
+  s2 = stages["stage2_mtl"]
+  assert [(t["name"], t["kind"], t["num_outputs"]) for t in s2.tasks] == [
+      ("qnli", "grouped_ranking", 1), ("rte", "multiclass", 2)]
+  assert s2.datasets[0]["qnli_as"] == "ranking" and "qnli_as" not in s2.datasets[1]
+  assert stages["stage3_qnli"].tasks[0]["kind"] == "grouped_ranking"
+  assert stages["stage3_qnli"].data.qnli_as == "ranking"
+  cls = mtdnn.stage_configs(_pipeline_config(glue_dir, encoder, qnli_as="classification"),
+                            str(tmp_path))
+  assert cls["stage2_mtl"].tasks[0]["kind"] == "multiclass"
+  assert "qnli_as" not in cls["stage2_mtl"].datasets[0]
+  from mtl_jax.config_keys import ConfigError
+  with pytest.raises(ConfigError, match=r"pipeline.qnli_as must be one of \['ranking', "
+                     r"'classification'\], got 'rank'"):
+    mtdnn.stage_configs(_pipeline_config(glue_dir, encoder, qnli_as="rank"), str(tmp_path))
+  # Both stages train and report QNLI's GLUE accuracy; the rows share [B, L] batches with RTE.
+  res = pipelines.run(_pipeline_config(glue_dir, encoder), str(tmp_path / "run"))
+  for stage in ("stage2", "stage3"):
+    acc = res["scores"][stage]["qnli"]["accuracy"]
+    assert 0 <= acc <= 1 and res["scores"][stage]["qnli"]["count"] == 16
+  assert np.isfinite(res["scores"]["stage2"]["rte"]["accuracy"])
