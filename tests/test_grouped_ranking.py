@@ -181,3 +181,52 @@ def test_pipeline_stages_rank_qnli_by_default(glue_folder, tmp_path):
     acc = res["scores"][stage]["qnli"]["accuracy"]
     assert 0 <= acc <= 1 and res["scores"][stage]["qnli"]["count"] == 16
   assert np.isfinite(res["scores"]["stage2"]["rte"]["accuracy"])
+
+
+def _contiguous(order, groups):
+  """Every unit's rows are consecutive in ``order`` and in file order."""
+  seen = {}
+  for pos, row in enumerate(order):
+    seen.setdefault(groups[row], []).append((pos, row))
+  return all([p for p, _ in v] == list(range(v[0][0], v[0][0] + len(v))) and
+             [r for _, r in v] == sorted(r for _, r in v) for v in seen.values())
+
+
+def test_group_permutation_keeps_groups_together_and_nothing_else_changes():
+  from mtl_jax.data import grouping
+  rng = lambda: np.random.default_rng([3, 1])  # noqa: E731
+  np.testing.assert_array_equal(grouping.permutation(rng(), 50, None), rng().permutation(50))
+  groups = np.random.default_rng(0).integers(0, 9, 40)
+  order = grouping.permutation(rng(), 40, groups)
+  assert sorted(order) == list(range(40)) and _contiguous(order, groups)
+  assert not _contiguous(np.random.default_rng(0).permutation(40), groups)  # the check can fail
+  # train_groups: a row outside any group (mask False) is a unit of its own.
+  mask = np.ones(6, bool)
+  mask[[1, 4]] = False
+  labels = np.array([[5, 1], [0, 0], [5, 0], [2, 1], [0, 0], [2, 0]], np.float32)
+  split = glue.ArrayDataset(np.zeros((6, 2)), {"qnli": labels, "rte": np.zeros(6, np.int32)},
+                            {"qnli": mask, "rte": ~mask})
+  specs = [SPEC, TaskSpec("rte", "multiclass", 2)]
+  units = grouping.train_groups(split, specs)
+  assert units[0] == units[2] and units[3] == units[5] and len(set(units)) == 4
+  assert grouping.train_groups(split, specs[1:]) is None
+
+
+def test_training_iterators_draw_a_groups_rows_together():
+  from mtl_jax.data import grouping, mixing
+  from mtl_jax.data.pipeline import TrainIterator
+  n = 60
+  groups = np.repeat(np.arange(20), 3)  # 20 questions x 3 candidates
+  labels = np.stack([groups, np.tile([1, 0, 0], 20)], 1).astype(np.float32)
+  ds = glue.ArrayDataset(np.arange(n)[:, None], {"qnli": labels}, {"qnli": np.ones(n, bool)})
+  units = grouping.train_groups(ds, [SPEC])
+  it = TrainIterator(ds, 6, seed=1, groups=units)
+  for _ in range(25):  # batches of 6 = two whole questions, across epochs
+    rows = next(it)["inputs"][:, 0]
+    assert sorted(np.bincount(groups[rows], minlength=20)[groups[rows]]) == [3] * 6
+  src = mixing.Source("qnli", "glue", ("qnli",), None, {"train": ds})
+  phase = mixing.Phase(0, 10, [(0, np.array([True]))], np.array([1.0]))
+  mix = mixing.MixtureIterator([src], [phase], 6, seed=2, mixed=False, groups=[units])
+  for _ in range(12):
+    rows = next(mix)["inputs"][:, 0]
+    assert sorted(np.bincount(groups[rows], minlength=20)[groups[rows]]) == [3] * 6
