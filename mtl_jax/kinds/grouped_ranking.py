@@ -17,9 +17,10 @@ wrong has no target. With one candidate the loss is exactly sigmoid
 cross-entropy; with several it is MT-DNN's softmax over the candidates
 plus the null. The loss is the mean over groups.
 
-Groups are formed among the rows a batch holds (training batches are drawn
-row by row, so a group can be split over batches; each part is then ranked
-against the null alone) and over the whole split in evaluation.
+Groups are formed among the rows a batch holds in training (the samplers
+shuffle such a split by group, data/grouping.py, so a batch splits a group
+only at its ends; each part is then ranked against the null alone) and over
+the whole split in evaluation.
 
 ``accuracy`` (GLUE's per-row QNLI accuracy): a row is predicted relevant
 when it is its group's top-scored row (ties: the first) and beats the null
