@@ -20,7 +20,9 @@ plus the null. The loss is the mean over groups.
 Groups are formed among the rows a batch holds in training (the samplers
 shuffle such a split by group, data/grouping.py, so a batch splits a group
 only at its ends; each part is then ranked against the null alone) and over
-the whole split in evaluation.
+the whole split in evaluation. (With ``model.route_heads`` the routed loss
+averages ``per_example_loss`` over rows, not groups: equal for one-row
+groups, else scaled by groups / rows.)
 
 ``accuracy`` (GLUE's per-row QNLI accuracy): a row is predicted relevant
 when it is its group's top-scored row (ties: the first) and beats the null
