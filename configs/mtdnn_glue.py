@@ -13,8 +13,11 @@ listed tasks at once (one task per batch, proportional sampling; set
 against auxiliary ones) in ``workdir/stage2_mtl``; stage 3 fine-tunes each
 task from the stage-2 encoder and its own stage-2 head in
 ``workdir/stage3_<task>``; ``--config.pipeline.single_task=True`` adds the
-single-task baseline (``workdir/single_<task>``). Rerunning the command
-skips finished stages and resumes a killed one. The table of dev scores is
+single-task baseline (``workdir/single_<task>``). QNLI trains as MT-DNN's
+pairwise ranking (``pipeline.qnli_as="ranking"``: rows grouped by question,
+a softmax over each question's candidates and a null; dev accuracy per row
+as GLUE scores it) or, with ``"classification"``, as pair classification.
+Rerunning the command skips finished stages and resumes a killed one. The table of dev scores is
 printed and written to ``workdir/results.json`` (docs/pipelines.md).
 
 Published dev numbers to compare with (docs/references.md, "MT-DNN"; from
@@ -57,7 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.glue_dir = ""
   config.pipeline = dict(
       name="mtdnn", tasks=GLUE_TASKS, encoder="", pooling="cls", max_length=128, holdout=0.0,
-      max_examples=None, finetune=None, single_task=False,
+      max_examples=None, finetune=None, single_task=False, qnli_as="ranking",
       stage3=dict(num_train_steps=3000, optimizer=dict(learning_rate=2e-5, warmup_steps=300)))
   config.seed = 0
   config.model = dict(sharing="hard")  # trunk: the encoder's (pipeline.encoder)

@@ -200,6 +200,8 @@ SCHEMA: Tuple[Any, ...] = (
     Key("pipeline.stage2", dict, {}, "(mtdnn) config overrides for the multi-task stage"),
     Key("pipeline.stage3", dict, {},
         "(mtdnn) config overrides for per-task fine-tuning (and single_task)"),
+    Key("pipeline.qnli_as", _S, "ranking",
+        "(mtdnn) QNLI as ranking (grouped_ranking, MT-DNN) | classification"),
     Key("glue_dir", Optional[_S], None,
         "GLUE folder <dir>/<TASK>/{train,dev,test}.tsv (pipeline mtdnn)"),
 )

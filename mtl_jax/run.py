@@ -18,7 +18,7 @@ from mtl_jax import (config_keys, config_validation, optim, parallel, partial_lo
 from mtl_jax.checkpoint import Checkpointer, check_workdir_config
 from mtl_jax.data import build_dataset
 from mtl_jax.data.checks import check_splits
-from mtl_jax.data import mixing, streaming
+from mtl_jax.data import grouping, mixing, streaming
 from mtl_jax.data.feed import TrainFeed
 from mtl_jax.models import build_model
 from mtl_jax.models.sharing import layout as sharing_layout
@@ -216,15 +216,17 @@ def setup(config, workdir: str, mesh=None) -> Run:
   replicas = program.replicas
   if phases:
     mixed = mixing.mixing_options(config)["batches"] == "mixed"
+    groups = [grouping.train_groups(src.splits["train"], specs) for src in sources]
     feed = TrainFeed(None, config.batch_size, replicas.seeds, lambda seed: mixing.MixtureIterator(
-        sources, phases, config.batch_size, seed, mixed, jax.process_index(), jax.process_count()),
-        prefetch=cfg("prefetch_batches"))
+        sources, phases, config.batch_size, seed, mixed, jax.process_index(), jax.process_count(),
+        groups), prefetch=cfg("prefetch_batches"))
     for p in phases:
       streams = [(sources[d].alias, round(float(q), 4)) for (d, _), q in zip(p.streams, p.probs)]
       logging.info("steps %d-%d: %s; streams %s", p.start, p.end, p.label, streams)
   else:
     feed = TrainFeed(splits["train"], config.batch_size, replicas.seeds, name=sources[0].alias,
-                     prefetch=cfg("prefetch_batches"))
+                     prefetch=cfg("prefetch_batches"),
+                     groups=grouping.train_groups(splits["train"], specs))
   state = program.state
   if resume:
     state, data_state = checkpointer.restore(state)

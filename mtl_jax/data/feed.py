@@ -36,7 +36,7 @@ class TrainFeed:
 
   def __init__(self, dataset, batch_size: int, seeds: Sequence[int],
                make_iterator: Optional[Callable[[int], object]] = None, name: str = "data",
-               prefetch: int = 0):
+               prefetch: int = 0, groups=None):
     self.stacked = len(seeds) > 1
     self._prefetch = int(prefetch)
     self._queue = None
@@ -50,7 +50,7 @@ class TrainFeed:
           dataset, batch_size, s, jax.process_index(), jax.process_count(), dataset.num_workers)
     if make_iterator is None:
       make_iterator = lambda s: TrainIterator(dataset, batch_size, s, jax.process_index(),  # noqa
-                                              jax.process_count())
+                                              jax.process_count(), groups)
     self._dataset, self._seeds, self._make_iterator = dataset, tuple(seeds), make_iterator
     self.iterators = [make_iterator(s) for s in seeds]
 

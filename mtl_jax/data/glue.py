@@ -241,6 +241,23 @@ def make_splits(train, dev, name: str, holdout: float, seed: int,
                     _dataset(*_take(*train, np.sort(perm[:k])), name), _dataset(*dev, name))
 
 
+def question_groups(questions: Sequence[str]) -> np.ndarray:
+  """Group id per row: rows with the same question share it (first-appearance order)."""
+  index: Dict[str, int] = {}
+  return np.array([index.setdefault(q, len(index)) for q in questions], np.int64)
+
+
+def ranking_labels(split: GlueSplit) -> np.ndarray:
+  """QNLI as ranking (kind ``grouped_ranking``): float32 [N, 2] of (question group, relevance).
+
+  Relevance is 1 for ``entailment`` (the sentence answers the question), 0
+  otherwise; GLUE's QNLI v2 rows are grouped by their question text.
+  """
+  groups = question_groups(split.text)
+  relevance = (split.labels == TASKS["qnli"].labels.index("entailment")).astype(np.float32)
+  return np.stack([groups.astype(np.float32), relevance], 1)
+
+
 def _dataset(inputs, labels, name: str) -> ArrayDataset:
   n = len(inputs["input_ids"])
   if labels is None:  # unlabelled (test) split: every example masked
@@ -256,7 +273,7 @@ def _take(inputs, labels, idx):
 def glue(task: str, data_dir: str, tokenizer: str, max_length: int = 128,
          task_name: Optional[str] = None, holdout: float = 0.0, dev: str = "dev",
          cache_dir: Optional[str] = None, max_examples: Optional[int] = None,
-         seed: int = 0) -> DataSplits:
+         seed: int = 0, qnli_as: str = "classification") -> DataSplits:
   """One GLUE task as DataSplits with one task ``task_name`` (default: ``task``).
 
   ``data_dir`` is the task's folder (or a GLUE root holding e.g. ``MRPC/``);
@@ -265,7 +282,8 @@ def glue(task: str, data_dir: str, tokenizer: str, max_length: int = 128,
   split and there is no test; with ``holdout`` in (0, 1) that fraction of
   train (shuffled with ``seed``) is the validation split used for choices
   and dev becomes the test split, reported once. ``dev`` picks MNLI's
-  dev_matched or dev_mismatched.
+  dev_matched or dev_mismatched. ``qnli_as="ranking"`` labels QNLI for the
+  ``grouped_ranking`` kind (``ranking_labels``: rows grouped by question).
   """
   key = task_key(task)
   t = TASKS[key]
@@ -273,7 +291,15 @@ def glue(task: str, data_dir: str, tokenizer: str, max_length: int = 128,
     sub = os.path.join(data_dir, DIR_NAMES[key])
     if os.path.isdir(sub):
       data_dir = sub
+  if qnli_as not in ("classification", "ranking"):
+    raise ValueError(f"glue: qnli_as must be 'classification' or 'ranking', got {qnli_as!r}")
+  if qnli_as == "ranking" and key != "qnli":
+    raise ValueError(f"glue: qnli_as='ranking' is for task qnli, not {task!r}")
   name = task_name or key
   kw = dict(tokenizer_dir=tokenizer, max_length=max_length, cache_dir=cache_dir)
-  return make_splits(tokenized_split(key, data_dir, "train", **kw),
-                     tokenized_split(key, data_dir, dev, **kw), name, holdout, seed, max_examples)
+  train = tokenized_split(key, data_dir, "train", **kw)
+  dev_split = tokenized_split(key, data_dir, dev, **kw)
+  if qnli_as == "ranking":
+    train = (train[0], ranking_labels(read_split(key, data_dir, "train")))
+    dev_split = (dev_split[0], ranking_labels(read_split(key, data_dir, dev)))
+  return make_splits(train, dev_split, name, holdout, seed, max_examples)

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 
 from mtl_jax import tasks as tasks_lib
+from mtl_jax.data import grouping
 from mtl_jax.data.base import ArrayDataset, build_dataset
 from mtl_jax.data.pipeline import _local_slice
 
@@ -485,8 +486,10 @@ class MixtureIterator:
   """Endless, seeded, checkpointable batches from several datasets (see module docstring)."""
 
   def __init__(self, sources: Sequence[Source], phases: Sequence[Phase], global_batch_size: int,
-               seed: int, mixed: bool, process_index: int = 0, process_count: int = 1):
+               seed: int, mixed: bool, process_index: int = 0, process_count: int = 1,
+               groups: Optional[Sequence[Optional[np.ndarray]]] = None):
     self._data = [s.splits["train"] for s in sources]
+    self._groups = list(groups) if groups is not None else [None] * len(sources)
     self._tasks = list(self._data[0].labels)
     self._labelled = [np.array([t in s.tasks for t in self._tasks]) for s in sources]
     self._aliases = [s.alias for s in sources]
@@ -523,8 +526,8 @@ class MixtureIterator:
     if key not in self._perm_cache:
       if len(self._perm_cache) > 4 * len(self._data):
         self._perm_cache.clear()
-      self._perm_cache[key] = np.random.default_rng([self._seed, d, e]).permutation(
-          self._sizes[d])
+      self._perm_cache[key] = grouping.permutation(np.random.default_rng([self._seed, d, e]),
+                                                   self._sizes[d], self._groups[d])
     return self._perm_cache[key]
 
   def _positions(self, d: int, count: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mtl_jax.data import grouping
 from mtl_jax.data.base import ArrayDataset
 
 
@@ -41,7 +42,7 @@ class TrainIterator:
   """Endless shuffled batches; ``get_state``/``set_state`` make it resumable."""
 
   def __init__(self, dataset: ArrayDataset, global_batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, groups=None):
     if len(dataset) == 0:
       raise ValueError("the training split is empty")
     self._dataset = dataset
@@ -50,10 +51,12 @@ class TrainIterator:
     self._seed = seed
     self._next = 0
     self._epoch_cache = (-1, None)
+    self._groups = groups  # rows drawn together (data/grouping.py); None: row by row
 
   def _epoch(self, e: int) -> np.ndarray:
     if self._epoch_cache[0] != e:
-      self._epoch_cache = (e, np.random.default_rng([self._seed, e]).permutation(len(self._dataset)))
+      self._epoch_cache = (e, grouping.permutation(np.random.default_rng([self._seed, e]),
+                                                   len(self._dataset), self._groups))
     return self._epoch_cache[1]
 
   def global_indices(self, k: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from mtl_jax.kinds.base import KINDS, LabelError, TaskKind, register  # noqa: F4
 from mtl_jax.kinds import binary, multiclass, multilabel, regression  # noqa: E402,F401
 from mtl_jax.kinds import similarity  # noqa: E402,F401
 from mtl_jax.kinds import ranking  # noqa: E402,F401
+from mtl_jax.kinds import grouped_ranking  # noqa: E402,F401  (QNLI as ranking, MT-DNN)
 from mtl_jax.kinds import token_classification  # noqa: E402,F401
 from mtl_jax.kinds import depth, normals, segmentation  # noqa: E402,F401  (per-pixel kinds)
 from mtl_jax.kinds import masked_lm  # noqa: E402,F401

@@ -19,8 +19,10 @@ scores of every stage are printed as a table and written to
 Task types (MT-DNN's four; metrics as GLUE reports them): single-sentence
 classification (CoLA: MCC; SST-2: accuracy), pairwise classification (RTE,
 MNLI, QNLI: accuracy; MRPC, QQP: F1 and accuracy), similarity regression
-(STS-B: Pearson and Spearman). QNLI is pair classification here, not
-MT-DNN's pairwise ranking (docs/pipelines.md says why).
+(STS-B: Pearson and Spearman) and pairwise ranking (QNLI with
+``pipeline.qnli_as="ranking"``, the default as in MT-DNN: kind
+``grouped_ranking``, rows grouped by question, GLUE's per-row accuracy;
+``"classification"``: two-class pair classification; docs/pipelines.md).
 """
 
 import copy
@@ -47,9 +49,10 @@ TASK_TYPES = {
     "wnli": ("multiclass", 2, ("accuracy",)),
 }
 OPTIONS = ("name", "tasks", "encoder", "pooling", "max_length", "holdout", "max_examples",
-           "finetune", "single_task", "stage2", "stage3")
+           "finetune", "single_task", "stage2", "stage3", "qnli_as")
 DEFAULTS = dict(encoder="", pooling="cls", max_length=128, holdout=0.0, max_examples=None,
-                finetune=None, single_task=False, stage2={}, stage3={})
+                finetune=None, single_task=False, stage2={}, stage3={}, qnli_as="ranking")
+QNLI_AS = ("ranking", "classification")
 
 
 def _fail(msg: str):
@@ -74,6 +77,8 @@ def options(config) -> Dict[str, Any]:
   if extra:
     _fail(f"config.pipeline.finetune names {extra}, which are not in pipeline.tasks {keys}")
   p["finetune"] = finetune
+  if p["qnli_as"] not in QNLI_AS:
+    _fail(f"config.pipeline.qnli_as must be one of {list(QNLI_AS)}, got {p['qnli_as']!r}")
   if not config.get("glue_dir"):
     _fail("config.glue_dir is not set: point it at a GLUE folder (<dir>/<TASK>/train.tsv, as "
           "the GLUE download script writes it), e.g. --config.glue_dir=/data/glue_data")
@@ -125,16 +130,25 @@ def _merge(base: dict, over: dict) -> dict:
   return out
 
 
-def task_entry(t: str) -> dict:
+def _ranked(p, t: str) -> bool:
+  return t == "qnli" and p["qnli_as"] == "ranking"
+
+
+def task_entry(t: str, p=None) -> dict:
   kind, n, metrics = TASK_TYPES[t]
+  if p is not None and _ranked(p, t):
+    kind, n = "grouped_ranking", 1
   return dict(name=t, kind=kind, num_outputs=n, metrics=("loss",) + metrics)
 
 
 def _data(config, p, t, workdir) -> dict:
-  return dict(name="glue", task=t, data_dir=os.path.join(config.glue_dir, glue.DIR_NAMES[t]),
-              tokenizer=p["encoder"], max_length=int(p["max_length"]),
-              holdout=float(p["holdout"]), seed=int(config_keys.get(config, "seed")),
-              max_examples=p["max_examples"], cache_dir=os.path.join(workdir, "tokenized"))
+  out = dict(name="glue", task=t, data_dir=os.path.join(config.glue_dir, glue.DIR_NAMES[t]),
+             tokenizer=p["encoder"], max_length=int(p["max_length"]),
+             holdout=float(p["holdout"]), seed=int(config_keys.get(config, "seed")),
+             max_examples=p["max_examples"], cache_dir=os.path.join(workdir, "tokenized"))
+  if _ranked(p, t):
+    out["qnli_as"] = "ranking"
+  return out
 
 
 def _base(config, p) -> dict:
@@ -155,7 +169,7 @@ def stage_configs(config, workdir: str) -> Dict[str, ml_collections.ConfigDict]:
   s2 = _merge(base, p["stage2"])
   s2.pop("data", None)
   s2["datasets"] = [dict(_data(config, p, t, workdir), alias=t, tasks=[t]) for t in p["tasks"]]
-  s2["tasks"] = [task_entry(t) for t in p["tasks"]]
+  s2["tasks"] = [task_entry(t, p) for t in p["tasks"]]
   s2["init_from"] = dict(workdir=p["encoder"], load="trunk/.*")
   out["stage2_mtl"] = s2
   finetune = _merge(base, p["stage3"])
@@ -164,11 +178,11 @@ def stage_configs(config, workdir: str) -> Dict[str, ml_collections.ConfigDict]:
   if p["single_task"]:
     for t in p["finetune"]:
       out[f"single_{t}"] = dict(copy.deepcopy(finetune), data=_data(config, p, t, workdir),
-                                tasks=[task_entry(t)],
+                                tasks=[task_entry(t, p)],
                                 init_from=dict(workdir=p["encoder"], load="trunk/.*"))
   for t in p["finetune"]:
     out[f"stage3_{t}"] = dict(copy.deepcopy(finetune), data=_data(config, p, t, workdir),
-                              tasks=[task_entry(t)],
+                              tasks=[task_entry(t, p)],
                               init_from=dict(workdir=os.path.join(workdir, "stage2_mtl"),
                                              load="trunk/.*", heads={t: t}))
   return {k: ml_collections.ConfigDict(v) for k, v in out.items()}
