@@ -69,18 +69,25 @@ class LossProblem:
 def per_task_grads(vjp_fn, num_tasks: int, loss_dtype, reg_dtype):
   """Each task's gradient, stacked on a leading task axis: T one-hot cotangents of one VJP.
 
-  Vmapped on accelerators. On CPU the T backward passes run one after another
-  (``lax.map``): XLA:CPU runs the T-batched backward about 1.5x slower than T
-  sequential ones (MLP 100 -> 256 -> 256, batch 512: 21.0 vs 13.6 ms at
-  T = 8, 96 vs 61 ms at T = 32). Same result, same [T, ...] output.
+  Vmapped, except on CPU for models without convolution kernels (no parameter of rank >= 4),
+  where the T backward passes run one after another (``lax.map``): XLA:CPU runs a T-batched
+  dense backward about 1.5x slower than T sequential ones (MLP 100 -> 256 -> 256, batch 512:
+  21.0 vs 13.6 ms at T = 8, 96 vs 61 ms at T = 32), while a batched conv backward is much
+  faster than sequential ones (SegNet 8/16/32 with conv decoders, 32x32, batch 4, T = 3, one
+  thread: UPGrad step 17.9 ms vmapped vs 74.0 ms with lax.map; benchmarks/dense_step_time.py).
+  Same result, same [T, ...] output. Decided at trace time from the parameters' shapes.
   """
   eye = jnp.eye(num_tasks, dtype=loss_dtype)
 
   def one(c):
     return vjp_fn((c, jnp.zeros((), reg_dtype)))[0]
-  if jax.default_backend() == "cpu":
+  if jax.default_backend() == "cpu" and not _has_conv_kernels(jax.eval_shape(one, eye[0])):
     return jax.lax.map(one, eye)
   return jax.vmap(one)(eye)
+
+
+def _has_conv_kernels(param_shapes) -> bool:
+  return any(len(x.shape) >= 4 for x in jax.tree.leaves(param_shapes))
 
 
 def flatten_rows(tree_with_task_axis, mask) -> jax.Array:
