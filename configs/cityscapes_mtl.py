@@ -56,12 +56,5 @@ def get_config(arg: str = "ew") -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.delta_m = dict(baseline=SINGLE_TASK)
   if runlocal:
-    config.data = dict(name="dense_shapes", size=32, num_train=16, num_validation=4,
-                       num_test=4, num_classes=6)
-    config.tasks[0]["num_outputs"] = 6
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.num_train_steps = 4
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 0
+    nyuv2_mtl.runlocal_on_dense_shapes(config)
   return config

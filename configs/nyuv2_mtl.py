@@ -124,12 +124,17 @@ def get_config(arg: str = "ew") -> ml_collections.ConfigDict:
     config.log_every_steps = 99
     config.checkpoint_every_steps = 990
   if runlocal:
-    config.data = dict(name="dense_shapes", size=32, num_train=16, num_validation=4,
-                       num_test=4, num_classes=6)
-    config.tasks[0]["num_outputs"] = 6
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.num_train_steps = 4
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 0
+    runlocal_on_dense_shapes(config)
   return config
+
+
+def runlocal_on_dense_shapes(config: ml_collections.ConfigDict) -> None:
+  """``:runlocal``: a few steps on tiny generated scenes (no data folder), same model."""
+  config.data = dict(name="dense_shapes", size=32, num_train=16, num_validation=4,
+                     num_test=4, num_classes=6)
+  config.tasks[0]["num_outputs"] = 6
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 0
