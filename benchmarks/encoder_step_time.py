@@ -89,16 +89,22 @@ class JaxStep:
     return (time.perf_counter() - t0) / n
 
 
+def hf_bert_config(size):
+  """transformers' BertConfig of one of the sizes above (the torch side of every BERT benchmark)."""
+  from transformers import BertConfig
+  return BertConfig(vocab_size=size["vocab_size"], hidden_size=size["hidden_size"],
+                    num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
+                    intermediate_size=size["intermediate_size"],
+                    max_position_embeddings=size["max_position"],
+                    type_vocab_size=size["type_vocab_size"], hidden_act="gelu")
+
+
 class TorchStep:
   def __init__(self, size, x, y, num_classes, lr):
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=size["vocab_size"], hidden_size=size["hidden_size"],
-                     num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
-                     intermediate_size=size["intermediate_size"],
-                     max_position_embeddings=size["max_position"],
-                     type_vocab_size=size["type_vocab_size"], hidden_act="gelu")
+    cfg = hf_bert_config(size)
     self.torch = torch
     self.bert = BertModel(cfg, add_pooling_layer=False).train()
     self.head = torch.nn.Linear(size["hidden_size"], num_classes)

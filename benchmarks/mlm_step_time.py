@@ -30,11 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-
-MINILM = dict(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-              intermediate_size=1536, max_position=512, type_vocab_size=2)
-SMOKE = dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-             max_position=64, type_vocab_size=2)
+from encoder_step_time import MINILM, QUICK as SMOKE, hf_bert_config  # noqa: E402  (same sizes)
 SPECIAL = (0, 100, 101, 102, 103)  # BERT's [PAD] [UNK] [CLS] [SEP] [MASK]
 
 
@@ -119,14 +115,10 @@ class TorchStep:
   def __init__(self, size, inputs, targets, weights, lr):
     import numpy as np
     import torch
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
     from mtl_jax.data import mlm_masking
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=size["vocab_size"], hidden_size=size["hidden_size"],
-                     num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
-                     intermediate_size=size["intermediate_size"],
-                     max_position_embeddings=size["max_position"],
-                     type_vocab_size=size["type_vocab_size"], hidden_act="gelu")
+    cfg = hf_bert_config(size)
     self.torch = torch
     self.model = BertForMaskedLM(cfg).train()
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
